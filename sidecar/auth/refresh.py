@@ -1,0 +1,64 @@
+"""One refresh per refresh token at a time, per process.
+
+Twenty tabs (or parallel XHRs) noticing an expired access token at once must not send twenty
+refresh requests: with rotation the provider accepts only the first and would end the session for
+the rest. Callers with the same refresh token share one in-flight request, and callers arriving
+shortly after it finished (their cookie still holds the old refresh token) get the same result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from sidecar.identity import Clock
+
+T = TypeVar("T")
+
+
+class SingleFlight(Generic[T]):
+    """Deduplicates concurrent calls by key and remembers each result for ``linger`` seconds."""
+
+    def __init__(self, clock: Clock, linger: float = 10.0, max_entries: int = 10000) -> None:
+        self._clock = clock
+        self._linger = linger
+        self._max = max_entries
+        self._inflight: dict[bytes, asyncio.Future[T]] = {}
+        self._recent: dict[bytes, tuple[float, T]] = {}
+
+    @staticmethod
+    def key(secret: str) -> bytes:
+        return hashlib.sha256(secret.encode()).digest()
+
+    async def run(self, secret: str, call: Callable[[], Awaitable[T]]) -> T:
+        key = self.key(secret)
+        now = self._clock()
+        recent = self._recent.get(key)
+        if recent is not None and recent[0] > now:
+            return recent[1]
+        future = self._inflight.get(key)
+        if future is None:
+            future = asyncio.ensure_future(call())
+            self._inflight[key] = future
+            future.add_done_callback(lambda f: self._settle(key, f))
+        # shield: one impatient caller being cancelled must not cancel the others' refresh.
+        return await asyncio.shield(future)
+
+    def _settle(self, key: bytes, future: asyncio.Future[T]) -> None:
+        self._inflight.pop(key, None)
+        if future.cancelled() or future.exception() is not None:
+            return
+        now = self._clock()
+        if len(self._recent) >= self._max:
+            self._recent = {k: v for k, v in self._recent.items() if v[0] > now}
+            if len(self._recent) >= self._max:
+                self._recent.clear()
+        self._recent[key] = (now + self._linger, future.result())
+
+    async def close(self) -> None:
+        for future in list(self._inflight.values()):
+            future.cancel()
+        self._inflight.clear()
+        self._recent.clear()

@@ -1,0 +1,112 @@
+"""The open-redirect guard for ``return_to`` (login) and post-logout destinations.
+
+:class:`ReturnToPolicy` is compiled once from ``app_url`` and ``allowed_return_origins``; ``resolve``
+turns whatever a client sent into a URL that is safe to put in a ``Location`` header, or falls back
+to ``app_url``. Two shapes are accepted, nothing else:
+
+* an absolute-path reference (RFC 3986 §4.2) such as ``/orders/7?tab=2``: one ``/`` not followed by
+  ``/`` or ``\\``, also after percent-decoding. It names a path on the **app's** origin, not the
+  sidecar's: with the sidecar on ``api.example.com`` and the SPA on ``app.example.com``, ``/orders``
+  means ``https://app.example.com/orders``. The answer is therefore always absolute,
+  ``app_origin + path`` (``app_url``'s own path is not a prefix: ``/x`` is origin-relative);
+* an absolute ``http(s)`` URL without userinfo whose origin (scheme, host, port; lower-cased, default
+  port dropped) is ``app_url``'s or an allowed one. It is rebuilt from the parsed parts, so the
+  browser is handed exactly the origin that was checked.
+
+Anything with characters outside RFC 3986 (controls, spaces, backslashes, raw non-ASCII such as IDN
+look-alikes), longer than 2048 characters, or of any other shape resolves to ``app_url``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from urllib.parse import unquote, urlsplit
+
+MAX_LENGTH = 2048
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# RFC 3986 §2: unreserved, reserved and "%". Browsers percent-encode everything else, so a raw
+# space, tab, backslash, quote or non-ASCII character means a crafted value: refuse it outright
+# (parsers disagree about exactly these, WHATWG URL §4.4 vs urllib).
+_URI_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
+_DECODED_BAD = re.compile(r"[\x00-\x1f\x7f\\]")
+_PATH_END = re.compile(r"[?#]")
+_MAX_DECODE_ROUNDS = 4
+
+
+def origin_of(url: str) -> str | None:
+    """``scheme://host[:port]`` of an http(s) URL, normalized; None when it has no usable origin.
+
+    Lower-cases scheme and host, drops the scheme's default port, keeps IPv6 brackets. Refuses
+    userinfo, a bad port and any character outside RFC 3986 (``urlsplit`` silently deletes tabs and
+    newlines, so ``https://ap\\tp.example`` must not get the chance to become ``app.example``).
+    """
+    if not _URI_CHARS.fullmatch(url):
+        return None
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    host = parts.hostname
+    if scheme not in _DEFAULT_PORTS or not host or "@" in parts.netloc:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or port == _DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def _safe_path(path: str) -> bool:
+    """A path that starts with exactly one ``/`` and stays so after repeated percent-decoding."""
+    decoded = path
+    for _ in range(_MAX_DECODE_ROUNDS):
+        once = unquote(decoded)
+        if once == decoded:
+            break
+        decoded = once
+    else:
+        return False  # still changing after several rounds: nobody legitimately encodes that deep
+    return decoded.startswith("/") and decoded[1:2] != "/" and not _DECODED_BAD.search(decoded)
+
+
+class ReturnToPolicy:
+    """Where a browser may be sent after login or logout; built once at start-up."""
+
+    def __init__(self, app_url: str, allowed_origins: Iterable[str]) -> None:
+        app_origin = origin_of(app_url)
+        if app_origin is None:
+            raise ValueError(f"app_url {app_url!r} has no http(s) origin")
+        origins = {app_origin}
+        for origin in allowed_origins:
+            normalized = origin_of(origin)
+            if normalized is None:
+                raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
+            origins.add(normalized)
+        self.app_url = app_url
+        self.app_origin = app_origin
+        self.origins: frozenset[str] = frozenset(origins)
+
+    def resolve(self, candidate: str | None) -> str:
+        """A safe absolute URL for ``candidate``, or ``app_url`` when it is missing or unsafe."""
+        if not candidate or len(candidate) > MAX_LENGTH or not _URI_CHARS.fullmatch(candidate):
+            return self.app_url
+        if candidate.startswith("/"):
+            path = _PATH_END.split(candidate, maxsplit=1)[0]
+            return self.app_origin + candidate if _safe_path(path) else self.app_url
+        return self._absolute(candidate) or self.app_url
+
+    def _absolute(self, candidate: str) -> str | None:
+        origin = origin_of(candidate)
+        if origin is None or origin not in self.origins:
+            return None
+        parts = urlsplit(candidate)
+        path = parts.path or "/"
+        if not _safe_path(path):
+            return None
+        query = f"?{parts.query}" if parts.query else ""
+        fragment = f"#{parts.fragment}" if parts.fragment else ""
+        return f"{origin}{path}{query}{fragment}"

@@ -1,0 +1,249 @@
+"""/auth/login, /auth/callback, /auth/refresh, /auth/logout, /auth/me.
+
+Each handler reads the request, calls the pure modules and the session service, and returns one
+response. Errors are raised as :mod:`sidecar.errors` values and turned into HTTP by the edge
+middleware; no handler builds an error body.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import re
+from typing import Any
+
+from aiohttp import web
+
+from sidecar.auth import pkce
+from sidecar.auth.flow import SessionService
+from sidecar.auth.transaction import Transaction
+from sidecar.errors import FlowRejected, ProviderError, TokenRejected
+from sidecar.identity import Identity
+from sidecar.keys import ROUTE_CLASS
+from sidecar.oidc.discovery import ProviderMetadata, authorize_url, logout_redirect
+
+# Provider error codes (RFC 6749 §4.1.2.1, OIDC Core §3.1.2.6) are short identifiers; anything else
+# is reported as "provider_error" so no attacker-chosen text is reflected.
+_ERROR_CODE = re.compile(r"[a-z_]{1,64}")
+_PASSTHROUGH_VALUE = re.compile(r"[\x21-\x7e ]{1,256}")
+
+_CONFIRM_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Sign out?</title></head>
+<body><h1>Sign out?</h1><p>Another site asked to sign you out.</p>
+<form method="get" action="{action}"><button type="submit">Sign out</button></form>
+<p><a href="{app}">Stay signed in</a></p></body></html>
+"""
+
+
+def identity_json(identity: Identity) -> dict[str, Any]:
+    return {
+        "sub": identity.sub,
+        "username": identity.username,
+        "email": identity.email,
+        "groups": list(identity.groups),
+        "scopes": list(identity.scopes),
+        "expires_at": identity.expires_at,
+    }
+
+
+class AuthRoutes:
+    def __init__(self, service: SessionService) -> None:
+        self.s = service
+        settings = service.settings
+        self.settings = settings
+        self.oidc = settings.oidc
+        self.passthrough = frozenset(settings.oidc.passthrough_params)
+        self.metrics = service.runtime.metrics
+        self.log = service.runtime.log
+
+    def register(self, router: web.UrlDispatcher, me_alias: str | None) -> None:
+        router.add_get("/auth/login", self.login)
+        router.add_get("/auth/callback", self.callback)
+        router.add_post("/auth/refresh", self.refresh)
+        router.add_route("GET", "/auth/logout", self.logout)
+        router.add_route("POST", "/auth/logout", self.logout)
+        router.add_get("/auth/me", self.me)
+        if me_alias:
+            router.add_get(me_alias, self.me)
+
+    @property
+    def meta(self) -> ProviderMetadata:
+        meta = self.s.runtime.meta
+        if meta is None:
+            raise ProviderError("not_ready")
+        return meta
+
+    def _event(self, event: str, outcome: str) -> None:
+        self.metrics.flow_events.labels(event, outcome).inc()
+
+    # -- login ----------------------------------------------------------------------------------
+
+    async def login(self, request: web.Request) -> web.StreamResponse:
+        request[ROUTE_CLASS] = "auth"
+        meta = self.meta
+        return_to = self.s.return_to.resolve(request.query.get("return_to"))
+        state, verifier, nonce = pkce.new_state(), pkce.new_verifier(), pkce.new_nonce()
+        extra = {
+            k: v for k, v in request.query.items()
+            if k in self.passthrough and _PASSTHROUGH_VALUE.fullmatch(v)
+        }
+        location = authorize_url(
+            meta, client_id=self.oidc.client_id, redirect_uri=self.settings.callback_url,
+            scopes=self.oidc.scopes, state=state, nonce=nonce,
+            code_challenge=pkce.challenge_s256(verifier), extra=extra,
+        )
+        response = web.Response(status=302, headers={"Location": location})
+        tx = Transaction(verifier=verifier, nonce=nonce, return_to=return_to, created=self.s.runtime.clock())
+        await self.s.transactions.begin(request, response, state, tx)
+        self._event("login", "redirected")
+        self.log.info("login_started")
+        return response
+
+    # -- callback -------------------------------------------------------------------------------
+
+    async def callback(self, request: web.Request) -> web.StreamResponse:
+        request[ROUTE_CLASS] = "auth"
+        query = request.query
+        state = query.get("state")
+        response = web.Response(status=302)
+        if "error" in query:
+            code = query["error"] if _ERROR_CODE.fullmatch(query["error"]) else "provider_error"
+            target = self.settings.app_url
+            if state:
+                with contextlib.suppress(FlowRejected):
+                    target = (await self.s.transactions.take(request, response, state))["return_to"]
+            self._event("callback", code)
+            self.log.info("login_refused_by_provider", error=code)
+            sep = "&" if "?" in target.split("#", 1)[0] else "?"
+            base, _, fragment = target.partition("#")
+            suffix = f"#{fragment}" if fragment else ""
+            response.headers["Location"] = f"{base}{sep}auth_error={code}{suffix}"
+            return response
+        auth_code = query.get("code")
+        if not state:
+            self._event("callback", "missing_state")
+            raise FlowRejected("missing_state")
+        if not auth_code:
+            self._event("callback", "missing_code")
+            raise FlowRejected("missing_code")
+        try:
+            tx = await self.s.transactions.take(request, response, state)
+        except FlowRejected as exc:
+            self._event("callback", exc.reason)
+            raise
+        try:
+            tokens = await self.s.client.exchange_code(auth_code, tx["verifier"], self.settings.callback_url)
+        except ProviderError as exc:
+            self._event("callback", "provider_error")
+            self.log.warning("code_exchange_failed", reason=exc.reason)
+            raise
+        if tokens.id_token is None:
+            raise ProviderError("token_invalid_response", "no id_token")
+        try:
+            claims = await self.s.validator.id_token(tokens.id_token, nonce=tx["nonce"])
+            identity = await self.s.validator.access(tokens.access_token)
+        except TokenRejected as exc:
+            self._event("callback", "invalid_token")
+            self.log.warning("callback_token_rejected", reason=exc.reason)
+            reason = "nonce_mismatch" if exc.reason == "nonce_mismatch" else "invalid_token"
+            raise FlowRejected(reason) from None
+        if claims.get("sub") != identity.sub:
+            raise FlowRejected("subject_mismatch")
+        present = self.s.present(request)
+        self.s.cookies.write(
+            response, present, access_token=tokens.access_token, access_exp=identity.expires_at,
+            id_token=tokens.id_token, refresh_token=tokens.refresh_token, sub=identity.sub,
+        )
+        response.headers["Location"] = tx["return_to"]
+        self._event("callback", "ok")
+        self.log.info("login", sub=identity.sub)
+        return response
+
+    # -- refresh --------------------------------------------------------------------------------
+
+    async def refresh(self, request: web.Request) -> web.StreamResponse:
+        request[ROUTE_CLASS] = "auth"
+        present = self.s.present(request)
+        refresh_token = self.s.cookies.read(present, "refresh")
+        if not refresh_token:
+            self._event("refresh", "missing")
+            raise TokenRejected("missing")
+        sub = await self.s.session_sub(present)
+        self.s.check_csrf(request, present, sub or "")
+        identity = await self.s.renew(request, refresh_token)
+        return web.json_response(identity_json(identity))
+
+    # -- me -------------------------------------------------------------------------------------
+
+    async def me(self, request: web.Request) -> web.StreamResponse:
+        request[ROUTE_CLASS] = "auth"
+        present = self.s.present(request)
+        token = self.s.cookies.read(present, "access")
+        identity: Identity | None = None
+        if token:
+            try:
+                identity = await self.s.validator.access(token)
+            except TokenRejected as exc:
+                if exc.reason != "expired":
+                    raise
+        if identity is None:
+            refresh_token = self.s.refresh_token(request, present)
+            if not refresh_token:
+                raise TokenRejected("expired" if token else "missing")
+            identity = await self.s.renew(request, refresh_token)
+        identity = await self.s.enrich(identity, present)
+        return web.json_response(identity_json(identity))
+
+    # -- logout ---------------------------------------------------------------------------------
+
+    async def logout(self, request: web.Request) -> web.StreamResponse:
+        request[ROUTE_CLASS] = "auth"
+        present = self.s.present(request)
+        if request.method == "POST":
+            sub = await self.s.session_sub(present)
+            if sub is not None:
+                self.s.check_csrf(request, present, sub)
+            else:
+                self.s.check_origin(request)
+        elif self._cross_site(request):
+            # Another site cannot log users out with a link or an <img>: ask the user.
+            self._event("logout", "confirm")
+            body = _CONFIRM_PAGE.format(action="/auth/logout", app=html.escape(self.settings.app_url))
+            return web.Response(text=body, content_type="text/html")
+        refresh_token = self.s.cookies.read(present, "refresh")
+        access_token = self.s.cookies.read(present, "access")
+        id_token = self.s.cookies.read(present, "id")
+        outcome = "ok"
+        client = self.s.runtime.client
+        if client is not None and refresh_token:
+            try:
+                await client.revoke(refresh_token)
+            except ProviderError as exc:
+                outcome = "revoke_failed"
+                self.log.warning("revoke_failed", reason=exc.reason)
+        if client is not None and self.oidc.global_sign_out and access_token:
+            try:
+                await client.global_sign_out(access_token)
+            except ProviderError as exc:
+                outcome = "global_sign_out_failed"
+                self.log.warning("global_sign_out_failed", reason=exc.reason)
+        meta = self.s.runtime.meta
+        target = None
+        if meta is not None:
+            target = logout_redirect(meta, client_id=self.oidc.client_id,
+                                     post_logout_uri=self.settings.app_url, id_token_hint=id_token)
+        target = target or self.settings.app_url
+        if request.method == "POST" and "application/json" in request.headers.get("Accept", ""):
+            response: web.Response = web.json_response({"logout_url": target})
+        else:
+            response = web.Response(status=303 if request.method == "POST" else 302,
+                                    headers={"Location": target})
+        self.s.cookies.clear(response, present)
+        self._event("logout", outcome)
+        self.log.info("logout", outcome=outcome)
+        return response
+
+    def _cross_site(self, request: web.Request) -> bool:
+        headers = request.headers
+        if headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+            return True
+        return not self.s.origins.allows(headers.get("Origin"), None, headers.get("Referer"))

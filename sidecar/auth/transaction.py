@@ -1,0 +1,97 @@
+"""Login transactions: state, PKCE verifier, nonce and return_to between /auth/login and /callback.
+
+They travel in one encrypted, HttpOnly cookie (aiohttp-session's ``EncryptedCookieStorage``, Fernet:
+AES-128-CBC + HMAC-SHA256), so any replica holding ``cookies.secret`` can finish a login begun on
+another. Entries are keyed by ``state`` so logins started in several tabs each complete; the oldest
+entries are dropped when the cookie would grow too large. A state used once is remembered in an
+in-process TTL cache (aiocache) so a replayed callback is refused even with the old cookie.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, TypedDict
+
+from aiocache import SimpleMemoryCache
+from aiohttp import web
+from aiohttp_session.cookie_storage import EncryptedCookieStorage
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from sidecar.auth.cookies import CookiePolicy
+from sidecar.errors import FlowRejected
+from sidecar.identity import Clock
+
+# Keep the encrypted cookie well under the browser's 4 KB (Fernet adds ~35% plus 57 bytes).
+_MAX_JSON = 2400
+_MAX_PENDING = 4
+
+
+class Transaction(TypedDict):
+    verifier: str
+    nonce: str
+    return_to: str
+    created: float
+
+
+def derive_key(secret: bytes, label: bytes) -> bytes:
+    """A 32-byte subkey of ``cookies.secret`` for one purpose (RFC 5869 HKDF-SHA256)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(secret)
+
+
+class TransactionStore:
+    """Begin and take login transactions in the encrypted transaction cookie."""
+
+    def __init__(self, secret: bytes, policy: CookiePolicy, max_age: int, clock: Clock) -> None:
+        attrs = policy.attrs("tx")
+        self.max_age = max_age
+        self.clock = clock
+        self.storage = EncryptedCookieStorage(
+            derive_key(secret, b"authsidecar/transaction/v1"),
+            cookie_name=policy.name("tx"),
+            max_age=max_age,
+            path=attrs.get("path", "/"),
+            domain=attrs.get("domain"),
+            secure=attrs.get("secure"),
+            httponly=True,
+            samesite=attrs.get("samesite"),
+        )
+        self.spent = SimpleMemoryCache()
+
+    async def begin(self, request: web.Request, response: web.StreamResponse, state: str,
+                    tx: Transaction) -> None:
+        session = await self.storage.load_session(request)
+        pending: dict[str, Any] = dict(session.get("tx") or {})
+        pending[state] = tx
+        # Oldest first (insertion order); drop the oldest while too many or too large.
+        while len(pending) > 1 and (len(pending) > _MAX_PENDING or len(json.dumps(pending)) > _MAX_JSON):
+            pending.pop(next(iter(pending)))
+        session["tx"] = pending
+        await self.storage.save_session(request, response, session)
+
+    async def take(self, request: web.Request, response: web.StreamResponse, state: str) -> Transaction:
+        """The transaction for ``state``, removed from the cookie (written to ``response``)."""
+        digest = hashlib.sha256(state.encode()).hexdigest()
+        if await self.spent.exists(digest):
+            raise FlowRejected("replayed_callback")
+        session = await self.storage.load_session(request)
+        pending: dict[str, Any] = dict(session.get("tx") or {})
+        if not pending:
+            raise FlowRejected("missing_transaction")
+        tx = pending.pop(state, None)
+        if not isinstance(tx, dict):
+            raise FlowRejected("state_mismatch")
+        await self.spent.set(digest, True, ttl=self.max_age)
+        if pending:
+            session["tx"] = pending
+        else:
+            session.invalidate()
+        await self.storage.save_session(request, response, session)
+        if self.clock() - float(tx.get("created", 0)) > self.max_age:
+            raise FlowRejected("expired_transaction")
+        return Transaction(verifier=str(tx["verifier"]), nonce=str(tx["nonce"]),
+                           return_to=str(tx["return_to"]), created=float(tx["created"]))
+
+    async def close(self) -> None:
+        await self.spent.clear()

@@ -1,0 +1,125 @@
+"""``authsidecar dev``: the dev provider, the demo app and the sidecar, wired together on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from sidecar.app import create_admin_app, create_app
+from sidecar.config import Settings, parse_settings
+from sidecar.dev.provider import DevProvider, ProviderConfig, start_provider
+from sidecar.dev.upstream import create_upstream_app
+from sidecar.dev.users import DEFAULT_USERS
+from sidecar.keys import RUNTIME
+from sidecar.server import Sidecar
+
+BANNER = """
+  authsidecar dev — FOR DEVELOPMENT ONLY: the provider below has public test users and keys.
+
+  Open            {app}
+  Who am I        {app}auth/me
+  Log out         {app}auth/logout
+  Provider        {issuer}   (Cognito-shaped dev OpenID provider, loopback only)
+  Demo app        {upstream}  (echoes the identity headers it receives)
+  Admin           http://127.0.0.1:{admin_port}/healthz  /readyz  /metrics
+
+  Users:{users}
+
+  Ctrl-C stops all three.
+"""
+
+
+@dataclass
+class DevStack:
+    provider: DevProvider
+    sidecar: Sidecar
+    settings: Settings
+    issuer: str
+    upstream_url: str
+
+
+def dev_settings(*, issuer: str, upstream_url: str, host: str, port: int, admin_port: int,
+                 public_host: str = "localhost", overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings for a sidecar in front of the dev provider (embedded defaults of the demo)."""
+    base = f"http://{public_host}:{port}"
+    data: dict[str, Any] = {
+        "dev_mode": True,
+        "listen": {"host": host, "port": port, "shutdown_grace": 2},
+        "admin": {"host": "127.0.0.1", "port": admin_port},
+        "upstream": {"url": upstream_url},
+        "oidc": {
+            "issuer": issuer,
+            "provider": "cognito",
+            "cognito_domain": issuer,
+            "client_id": "authsidecar-dev",
+            "jwks_refresh_interval": 300,
+        },
+        "callback_url": f"{base}/auth/callback",
+        "app_url": f"{base}/",
+        "cookies": {"secure": False, "secret": secrets.token_urlsafe(48)},
+        "logging": {"format": "console"},
+        "me_alias": "/me",
+    }
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return parse_settings(data)
+
+
+@asynccontextmanager
+async def dev_stack(*, host: str = "127.0.0.1", port: int = 8080, admin_port: int = 9464,
+                    public_host: str = "localhost", provider_config: ProviderConfig | None = None,
+                    overrides: dict[str, Any] | None = None) -> AsyncIterator[DevStack]:
+    """Start provider, demo app and sidecar; stop all three on exit."""
+    hosts = sorted({public_host, "localhost", "127.0.0.1"})
+    config = provider_config or ProviderConfig(
+        redirect_uris=tuple(f"http://{h}:{port}/auth/callback" for h in hosts),
+        logout_uris=tuple(f"http://{h}:{port}/" for h in hosts),
+    )
+    provider = DevProvider(config, time.time)
+    provider_runner, issuer = await start_provider(provider)
+    upstream_runner = web.AppRunner(create_upstream_app(), access_log=None)
+    sidecar: Sidecar | None = None
+    try:
+        await upstream_runner.setup()
+        await web.TCPSite(upstream_runner, "127.0.0.1", 0).start()
+        upstream_url = f"http://127.0.0.1:{upstream_runner.addresses[0][1]}"
+        settings = dev_settings(issuer=issuer, upstream_url=upstream_url, host=host, port=port,
+                                admin_port=admin_port, public_host=public_host, overrides=overrides)
+        app = create_app(settings)
+        sidecar = Sidecar(app, create_admin_app(app[RUNTIME]), settings)
+        await sidecar.start()
+        yield DevStack(provider, sidecar, settings, issuer, upstream_url)
+    finally:
+        if sidecar is not None:
+            await sidecar.stop()
+        await upstream_runner.cleanup()
+        await provider_runner.cleanup()
+
+
+async def run_dev(*, host: str, port: int, admin_port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with dev_stack(host=host, port=port, admin_port=admin_port) as stack:
+        users = "".join(
+            f"\n    {u.username:<12} {u.password:<22} groups: {', '.join(u.groups[:3]) or '-'}"
+            + (f" (+{len(u.groups) - 3} more)" if len(u.groups) > 3 else "")
+            for u in DEFAULT_USERS
+        )
+        print(BANNER.format(app=f"http://localhost:{stack.sidecar.port}/", issuer=stack.issuer,
+                            upstream=stack.upstream_url, admin_port=stack.sidecar.admin_port,
+                            users=users), file=sys.stderr, flush=True)
+        await stop.wait()

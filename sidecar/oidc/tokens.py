@@ -1,0 +1,360 @@
+"""Access and ID token verification.
+
+Signatures are checked by jwcrypto only, with the algorithm pinned from our allowlist before any
+verification (RFC 8725 §3.1: ``none``, HMAC keyed with a public key, and alg / key-type mismatches
+never reach a verifier). jwcrypto's own claim checks are not used because they read the wall clock;
+:func:`check_claims` is a pure function of the claims, the policy and the injected ``now``.
+
+Every failure is a :class:`~sidecar.errors.TokenRejected` with one of these fixed reasons:
+``malformed`` ``bad_algorithm`` ``unknown_kid`` ``bad_signature`` ``expired`` ``not_yet_valid``
+``wrong_issuer`` ``wrong_audience`` ``wrong_token_use`` ``nonce_mismatch`` ``missing_claim``.
+A required claim that is absent is ``missing_claim``; one present with the wrong JSON type is
+``malformed``; one with the wrong value gets its specific reason. The nonce is the exception: when
+one is expected, anything but an exact match (absent included) is ``nonce_mismatch``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import json
+import math
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Literal
+
+from jwcrypto.common import base64url_decode
+from jwcrypto.jws import JWS
+
+from sidecar.config import OidcSettings
+from sidecar.errors import TokenRejected
+from sidecar.identity import Clock, Identity
+from sidecar.observability import Metrics
+from sidecar.oidc.jwks import JwksCache, accepts
+
+MAX_TOKEN_LENGTH = 16 * 1024
+_ACCESS, _ID = b"access\0", b"id\0"
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+Kind = Literal["access", "id"]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPolicy:
+    """What a token must say to be accepted; built once from the settings."""
+
+    issuer: str
+    client_id: str
+    cognito: bool
+    access_audience: str | None
+    algorithms: frozenset[str]
+    leeway: float
+
+    @classmethod
+    def from_settings(cls, oidc: OidcSettings) -> TokenPolicy:
+        return cls(
+            issuer=oidc.issuer,
+            client_id=oidc.client_id,
+            cognito=oidc.is_cognito,
+            access_audience=oidc.access_token_audience,
+            algorithms=frozenset(oidc.algorithms),
+            leeway=oidc.leeway,
+        )
+
+
+def _claim(claims: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = claims.get(name)
+    if value is None:
+        raise TokenRejected("missing_claim", name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise TokenRejected("malformed", name)
+    return value
+
+
+def _time(claims: Mapping[str, Any], name: str, *, required: bool) -> float | None:
+    if not required and claims.get(name) is None:
+        return None
+    value = _claim(claims, name, (int, float))
+    if not math.isfinite(value):  # Python's json accepts Infinity / NaN
+        raise TokenRejected("malformed", name)
+    return float(value)
+
+
+def _audiences(claims: Mapping[str, Any]) -> list[str]:
+    aud = _claim(claims, "aud", (str, list))
+    aud = [aud] if isinstance(aud, str) else aud
+    if not all(isinstance(a, str) for a in aud):
+        raise TokenRejected("malformed", "aud")
+    return aud
+
+
+def _expect(claims: Mapping[str, Any], name: str, value: str, reason: str) -> None:
+    if _claim(claims, name, str) != value:
+        raise TokenRejected(reason, name)
+
+
+def check_claims(
+    claims: Mapping[str, Any],
+    policy: TokenPolicy,
+    *,
+    kind: Kind,
+    now: float,
+    nonce: str | None = None,
+    allow_expired: bool = False,
+) -> None:
+    """Raise :class:`TokenRejected` unless ``claims`` are those of a valid ``kind`` token at ``now``.
+
+    Cognito: access tokens carry ``token_use=access`` and ``client_id``; ID tokens ``token_use=id``
+    and ``aud``. Generic OIDC: ``aud`` holds the access audience (default the client id); an ID
+    token's ``azp``, when present or when ``aud`` has several entries, is the client id (OIDC Core
+    §3.1.3.7). ``token_use`` is checked for generic providers too when they send it.
+    """
+    _expect(claims, "iss", policy.issuer, "wrong_issuer")
+    if policy.cognito or "token_use" in claims:
+        _expect(claims, "token_use", kind, "wrong_token_use")
+    if policy.cognito and kind == "access":
+        _expect(claims, "client_id", policy.client_id, "wrong_audience")
+    else:
+        wanted = (policy.access_audience or policy.client_id) if kind == "access" else policy.client_id
+        aud = _audiences(claims)
+        if wanted not in aud:
+            raise TokenRejected("wrong_audience", "aud")
+        if kind == "id" and not policy.cognito and (len(aud) > 1 or "azp" in claims):
+            _expect(claims, "azp", policy.client_id, "wrong_audience")
+    exp = _time(claims, "exp", required=True)
+    assert exp is not None
+    if now > exp + policy.leeway and not allow_expired:
+        raise TokenRejected("expired")
+    for name in ("nbf", "iat"):
+        at = _time(claims, name, required=False)
+        if at is not None and at > now + policy.leeway:
+            raise TokenRejected("not_yet_valid", name)
+    if not _claim(claims, "sub", str):
+        raise TokenRejected("missing_claim", "sub")
+    if nonce is not None:
+        got = claims.get("nonce")
+        if not isinstance(got, str) or not hmac.compare_digest(got.encode(), nonce.encode()):
+            raise TokenRejected("nonce_mismatch")
+
+
+def _strings(claims: Mapping[str, Any], *names: str, split: bool = False) -> tuple[str, ...]:
+    """The first present claim of ``names`` as a tuple of strings (a list, or space-separated)."""
+    for name in names:
+        value = claims.get(name)
+        if value is None:
+            continue
+        if isinstance(value, str) and split:
+            return tuple(value.split())
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise TokenRejected("malformed", name)
+    return ()
+
+
+def _optional_str(claims: Mapping[str, Any], *names: str) -> str | None:
+    for name in names:
+        value = claims.get(name)
+        if value is not None:
+            if not isinstance(value, str):
+                raise TokenRejected("malformed", name)
+            return value
+    return None
+
+
+def identity_from_claims(claims: Mapping[str, Any]) -> Identity:
+    """The :class:`Identity` an access token describes (claims already checked)."""
+    return Identity(
+        sub=claims["sub"],
+        username=_optional_str(claims, "username", "cognito:username"),
+        email=_optional_str(claims, "email"),
+        groups=_strings(claims, "cognito:groups", "groups"),
+        scopes=_strings(claims, "scope", "scp", split=True),
+        expires_at=int(claims["exp"]),
+        claims=MappingProxyType(dict(claims)),
+    )
+
+
+def _header(token: str, policy: TokenPolicy) -> tuple[str, str | None]:
+    """``(alg, kid)`` from the protected header of a compact JWS, with ``alg`` on the allowlist."""
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise TokenRejected("malformed")
+    parts = token.split(".")
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        raise TokenRejected("malformed")
+    for part in parts:  # a stray character would be silently skipped by the base64 decoder
+        if len(part) % 4 == 1 or not _B64URL.fullmatch(part):
+            raise TokenRejected("malformed")
+    try:
+        header = json.loads(base64url_decode(parts[0]))
+    except (ValueError, RecursionError):
+        raise TokenRejected("malformed") from None
+    if not isinstance(header, dict) or not isinstance(header.get("alg"), str):
+        raise TokenRejected("malformed")
+    # RFC 7515 §4.1.11: we understand no extension, so a "crit" header is refused; "b64" (RFC 7797)
+    # is not for JWTs.
+    if "crit" in header or "b64" in header:
+        raise TokenRejected("malformed")
+    alg, kid = header["alg"], header.get("kid")
+    if alg not in policy.algorithms:
+        raise TokenRejected("bad_algorithm")
+    if kid is not None and not isinstance(kid, str):
+        raise TokenRejected("malformed")
+    return alg, kid
+
+
+@dataclass(slots=True)
+class _Entry:
+    value: Any  # Identity for access tokens, the claims mapping for ID tokens
+    valid_until: float
+    kid: str
+
+
+class TokenValidator:
+    """Verifies tokens and remembers the verified ones (LRU by token digest, until ``exp``).
+
+    Only a digest of each token is kept, so the cache holds no credential. Entries are indexed by
+    ``kid``: when the provider withdraws a key, everything it signed is forgotten at once.
+    """
+
+    def __init__(
+        self, policy: TokenPolicy, jwks: JwksCache, clock: Clock, metrics: Metrics, cache_size: int
+    ) -> None:
+        self._policy = policy
+        self._jwks = jwks
+        self._clock = clock
+        self._metrics = metrics
+        self._size = cache_size
+        self._cache: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._by_kid: dict[str, set[bytes]] = {}
+        # JWS() deep-copies jwcrypto's header registry (about 60 µs, most of a verification);
+        # a shallow copy of one instance shares that registry, which verification only reads.
+        # deserialize() and verify() rebind the per-token state (objects, verifylog).
+        self._jws = JWS()
+        self._hit = metrics.validation_cache.labels(result="hit")
+        self._miss = metrics.validation_cache.labels(result="miss")
+        jwks.on_keys_removed(self.evict_kid)
+
+    def cached(self, token: str) -> Identity | None:
+        """The Identity of an access token verified earlier and still valid, else ``None``."""
+        identity = self._lookup(_ACCESS, token) if len(token) <= MAX_TOKEN_LENGTH else None
+        (self._hit if identity is not None else self._miss).inc()
+        return identity
+
+    async def access(self, token: str) -> Identity:
+        identity = self.cached(token)
+        if identity is not None:
+            return identity
+        claims, kid = await self._verify(token, "access", None)
+        identity = identity_from_claims(claims)
+        self._store(_ACCESS, token, identity, claims["exp"], kid)
+        return identity
+
+    async def id_token(
+        self, token: str, *, nonce: str | None = None, allow_expired: bool = False
+    ) -> Mapping[str, Any]:
+        """The verified claims of an ID token (cached only when no nonce is being checked).
+
+        ``allow_expired``: every check but ``exp``, for the session's record of who logged in (the
+        CSRF binding on /auth/refresh and ``id_token_hint`` at logout); never cached.
+        """
+        if allow_expired:
+            claims, _kid = await self._verify(token, "id", nonce, allow_expired=True)
+            return MappingProxyType(dict(claims))
+        if nonce is None and len(token) <= MAX_TOKEN_LENGTH:
+            hit: Mapping[str, Any] | None = self._lookup(_ID, token)
+            if hit is not None:
+                return hit
+        claims, kid = await self._verify(token, "id", nonce)
+        frozen = MappingProxyType(dict(claims))
+        if nonce is None:
+            self._store(_ID, token, frozen, claims["exp"], kid)
+        return frozen
+
+    def evict_kid(self, kids: frozenset[str]) -> None:
+        """Forget every token signed by one of ``kids`` (they left the provider's JWKS)."""
+        for kid in kids:
+            for digest in self._by_kid.pop(kid, ()):
+                self._cache.pop(digest, None)
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    @staticmethod
+    def _digest(kind: bytes, token: str) -> bytes:
+        # A cryptographic digest: a collision would serve one caller another's identity. The
+        # prefix keeps access and ID token entries apart (an ID token is never an access token).
+        return hashlib.sha256(kind + token.encode()).digest()
+
+    def _lookup(self, kind: bytes, token: str) -> Any:
+        digest = self._digest(kind, token)
+        entry = self._cache.get(digest)
+        if entry is None:
+            return None
+        if self._clock() > entry.valid_until:
+            self._forget(digest, entry)
+            return None
+        self._cache.move_to_end(digest)
+        return entry.value
+
+    def _store(self, kind: bytes, token: str, value: Any, exp: float, kid: str) -> None:
+        if self._size <= 0:
+            return
+        digest = self._digest(kind, token)
+        old = self._cache.pop(digest, None)
+        if old is not None:
+            self._forget(digest, old)
+        self._cache[digest] = _Entry(value, exp + self._policy.leeway, kid)
+        self._by_kid.setdefault(kid, set()).add(digest)
+        while len(self._cache) > self._size:
+            evicted, entry = self._cache.popitem(last=False)
+            self._forget(evicted, entry)
+
+    def _forget(self, digest: bytes, entry: _Entry) -> None:
+        self._cache.pop(digest, None)
+        digests = self._by_kid.get(entry.kid)
+        if digests is not None:
+            digests.discard(digest)
+            if not digests:
+                del self._by_kid[entry.kid]
+
+    async def _verify(
+        self, token: str, kind: Kind, nonce: str | None, *, allow_expired: bool = False
+    ) -> tuple[dict[str, Any], str]:
+        alg, kid = _header(token, self._policy)
+        if kid is None:
+            raise TokenRejected("unknown_kid")
+        key = self._jwks.keys.get(kid)
+        if key is None:
+            key = await self._jwks.key_for(kid)
+            if key is None:
+                raise TokenRejected("unknown_kid")
+        started = time.perf_counter()
+        try:
+            if not accepts(key, alg):
+                raise TokenRejected("bad_algorithm")
+            jws = copy.copy(self._jws)
+            jws.allowed_algs = [alg]
+            try:
+                jws.deserialize(token)
+            except Exception:
+                raise TokenRejected("malformed") from None
+            try:
+                jws.verify(key, alg=alg)
+            except Exception:
+                raise TokenRejected("bad_signature") from None
+            try:
+                claims = json.loads(jws.payload)
+            except (ValueError, RecursionError):
+                raise TokenRejected("malformed") from None
+            if not isinstance(claims, dict):
+                raise TokenRejected("malformed")
+            check_claims(claims, self._policy, kind=kind, now=self._clock(), nonce=nonce,
+                         allow_expired=allow_expired)
+            return claims, kid
+        finally:
+            self._metrics.validation_seconds.observe(time.perf_counter() - started)

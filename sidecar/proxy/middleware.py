@@ -1,0 +1,221 @@
+"""The edge middleware: request id, metrics, access log and the one place errors become HTTP.
+
+The chain is deliberately short (see ``build_chain``): authentication, CSRF and authorization are
+steps of the proxy route itself (``sidecar.proxy.gate``), so ``/auth/*`` never pays for them and a
+request takes one straight path.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from sidecar.errors import (
+    AuthRejected,
+    FlowRejected,
+    ProviderError,
+    RefreshFailed,
+    SidecarError,
+    TokenRejected,
+    UpstreamError,
+)
+from sidecar.keys import REQUEST_ID, RESPONSE_HOOKS, ROUTE_CLASS
+from sidecar.observability import Metrics
+from sidecar.proxy.cors import CorsPolicy
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Called with (request, response) when a refresh token was refused, to clear the auth cookies.
+SessionEnded = Callable[[web.Request, web.StreamResponse], None]
+
+# A client-supplied request id is kept only when it is short and plainly printable.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+NO_STORE = "no-store"
+
+
+def is_navigation(request: web.Request) -> bool:
+    """A top-level browser navigation, which should be sent to log in rather than given a 401."""
+    if request.method not in ("GET", "HEAD"):
+        return False
+    mode = request.headers.get("Sec-Fetch-Mode")
+    if mode is not None:
+        return mode == "navigate"
+    return "text/html" in request.headers.get("Accept", "")
+
+
+def wants_html(request: web.Request) -> bool:
+    return "text/html" in request.headers.get("Accept", "")
+
+
+class ErrorMapper:
+    """Maps every :class:`SidecarError` to its HTTP response. Handlers never build error bodies."""
+
+    def __init__(self, *, login_path: str, public_origin: str, on_session_end: SessionEnded | None = None):
+        self.login_path = login_path
+        self.public_origin = public_origin
+        self.on_session_end = on_session_end
+
+    def response(self, request: web.Request, exc: SidecarError) -> web.Response:
+        if isinstance(exc, (RefreshFailed, TokenRejected)):
+            reason = exc.reason
+            if is_navigation(request):
+                target = self.public_origin + request.path_qs
+                location = f"{self.login_path}?return_to={quote(target, safe='')}"
+                resp = web.Response(status=302, headers={"Location": location, "Cache-Control": NO_STORE})
+            else:
+                resp = _json(401, "unauthorized", reason)
+                error = "" if reason == "missing" else ', error="invalid_token"'
+                resp.headers["WWW-Authenticate"] = f'Bearer realm="authsidecar"{error}'
+            if isinstance(exc, RefreshFailed) and self.on_session_end is not None:
+                self.on_session_end(request, resp)
+            return resp
+        if isinstance(exc, FlowRejected):
+            return _page_or_json(request, 400, exc.error, exc.reason, "The sign-in could not be completed.")
+        if isinstance(exc, AuthRejected):
+            return _json(exc.status, exc.error, exc.reason)
+        if isinstance(exc, ProviderError):
+            status = 503 if exc.reason == "not_ready" else 502
+            return _page_or_json(
+                request, status, "provider_unavailable", exc.reason,
+                "The sign-in service is not reachable right now. Please try again shortly.",
+            )
+        if isinstance(exc, UpstreamError):
+            return _json(exc.status, "upstream_unavailable", exc.kind)
+        return _json(500, "internal_error", "unexpected")
+
+
+def _json(status: int, error: str, reason: str) -> web.Response:
+    return web.json_response({"error": error, "reason": reason}, status=status,
+                             headers={"Cache-Control": NO_STORE})
+
+
+_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title></head>
+<body><h1>{title}</h1><p>{message}</p><p>Reference: <code>{reason}</code></p>
+<p><a href="/auth/login">Sign in again</a></p></body></html>
+"""
+
+
+def _page_or_json(request: web.Request, status: int, error: str, reason: str, message: str) -> web.Response:
+    if not wants_html(request):
+        return _json(status, error, reason)
+    body = _PAGE.format(title=f"{status} — sign-in problem", message=message, reason=reason)
+    return web.Response(status=status, text=body, content_type="text/html",
+                        headers={"Cache-Control": NO_STORE})
+
+
+def edge_middleware(metrics: Metrics, log: Any, mapper: ErrorMapper, *, access_log: bool) -> Middleware:
+    """Outermost link: request id in and out, in-flight gauge, status counter, access log, errors."""
+    requests = metrics.requests
+    in_flight = metrics.in_flight
+    counters: dict[tuple[str, int], Any] = {}
+
+    @web.middleware
+    async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+        rid = request.headers.get("X-Request-Id")
+        if rid is None or _REQUEST_ID.fullmatch(rid) is None:
+            rid = uuid.uuid4().hex
+        request[REQUEST_ID] = rid
+        start = time.perf_counter()
+        in_flight.inc()
+        status = 500
+        try:
+            try:
+                response = await handler(request)
+            except SidecarError as exc:
+                response = mapper.response(request, exc)
+                _log_rejection(log, request, exc, rid)
+            except web.HTTPException as exc:
+                status = exc.status
+                raise
+            except Exception:
+                log.exception("unhandled_error", request_id=rid, method=request.method)
+                response = _json(500, "internal_error", "unexpected")
+            status = response.status
+            return response
+        finally:
+            in_flight.dec()
+            route = request.get(ROUTE_CLASS, "other")
+            key = (route, status)
+            counter = counters.get(key)
+            if counter is None:
+                counter = counters[key] = requests.labels(route, str(status))
+            counter.inc()
+            if access_log:
+                log.info(
+                    "request", method=request.method, route=route, status=status,
+                    duration_ms=round((time.perf_counter() - start) * 1000, 3), request_id=rid,
+                )
+
+    return edge
+
+
+def _log_rejection(log: Any, request: web.Request, exc: SidecarError, rid: str) -> None:
+    if isinstance(exc, UpstreamError):
+        log.warning("upstream_error", kind=exc.kind, request_id=rid, method=request.method)
+    elif isinstance(exc, ProviderError):
+        log.warning("provider_error", reason=exc.reason, request_id=rid)
+    elif isinstance(exc, AuthRejected) and exc.reason != "missing":
+        log.info("auth_rejected", reason=exc.reason, kind=type(exc).__name__, request_id=rid)
+
+
+def cors_middleware(cors: CorsPolicy, metrics: Metrics) -> Middleware:
+    """Answers preflights for the allowed origins; refuses others without any CORS header."""
+    rejections = metrics.cors_rejections
+
+    @web.middleware
+    async def cors_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return await handler(request)
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            request[ROUTE_CLASS] = "preflight"
+            headers = cors.preflight(
+                origin,
+                request.headers["Access-Control-Request-Method"],
+                request.headers.get("Access-Control-Request-Headers", ""),
+            )
+            if headers is None:
+                rejections.inc()
+                return _json(403, "cors_rejected", "origin_not_allowed")
+            return web.Response(status=204, headers=headers)
+        if not cors.allows(origin):
+            rejections.inc()
+        return await handler(request)
+
+    return cors_mw
+
+
+Decorator = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
+
+
+def response_decorator(cors: CorsPolicy | None) -> Decorator:
+    """``on_response_prepare``: the last word on headers of every response, streamed ones included.
+
+    Adds the request id, CORS headers for allowed origins, ``Cache-Control: no-store`` under /auth/,
+    and runs the request's response hooks (the new cookies of a transparent refresh).
+    """
+
+    async def decorate(request: web.Request, response: web.StreamResponse) -> None:
+        headers = response.headers
+        rid = request.get(REQUEST_ID)
+        if rid is not None and "X-Request-Id" not in headers:
+            headers["X-Request-Id"] = rid
+        hooks = request.get(RESPONSE_HOOKS)
+        if hooks:
+            for hook in hooks:
+                hook(response)
+        if request.path.startswith("/auth/"):
+            headers["Cache-Control"] = NO_STORE
+        if cors:
+            origin = request.headers.get("Origin")
+            if origin is not None and cors.allows(origin):
+                headers.update(cors.actual(origin))
+                headers.add("Vary", "Origin")
+
+    return decorate

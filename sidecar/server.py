@@ -1,0 +1,101 @@
+"""Running the listeners: a runner whose low-level error answers never echo request bytes.
+
+aiohttp answers a request it cannot parse (a control character inside a ``Cookie`` header, an
+over-long line, ...) before any middleware runs, and its default answer quotes the offending header
+line in the body and logs it with a traceback. With a token in that cookie, that would be a token in
+a response body and in the logs, so the sidecar's request handler answers with a fixed body and
+logs only the status.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+_quiet = logging.getLogger("authsidecar.server")
+
+
+class SafeRequestHandler(RequestHandler):
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("Response is sent already, cannot send another response")
+        phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+        # Name the exception class only: its message may quote the raw request bytes.
+        if status >= 500:
+            _quiet.error("request failed: %s %s", status, type(exc).__name__, exc_info=exc)
+        else:
+            _quiet.warning("request rejected by the HTTP parser: %s %s", status, type(exc).__name__)
+        body = f'{{"error": "bad_request", "reason": "{status} {phrase}"}}\n'
+        resp = web.Response(status=status, text=body, content_type="application/json")
+        resp.force_close()
+        return resp
+
+
+class _SafeServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return SafeRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class SafeAppRunner(web.AppRunner):
+    """An ``AppRunner`` whose connections are served by :class:`SafeRequestHandler`."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _SafeServer
+        return server
+
+
+def tls_context(cert: Any, key: Any) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+class Sidecar:
+    """Both listeners of one sidecar process, started and stopped together."""
+
+    def __init__(self, app: web.Application, admin_app: web.Application, settings: Any) -> None:
+        self.settings = settings
+        listen = settings.listen
+        self.runner = SafeAppRunner(
+            app, handle_signals=False, access_log=None, shutdown_timeout=listen.shutdown_grace
+        )
+        self.admin_runner = SafeAppRunner(admin_app, handle_signals=False, access_log=None)
+        self.port = 0
+        self.admin_port = 0
+
+    async def start(self) -> None:
+        listen, adm = self.settings.listen, self.settings.admin
+        ctx = tls_context(listen.tls_cert, listen.tls_key) if listen.tls_cert else None
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, listen.host, listen.port, ssl_context=ctx)
+        await site.start()
+        self.port = _bound_port(self.runner)
+        await self.admin_runner.setup()
+        await web.TCPSite(self.admin_runner, adm.host, adm.port).start()
+        self.admin_port = _bound_port(self.admin_runner)
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (up to the grace period), release all."""
+        await self.runner.cleanup()
+        await self.admin_runner.cleanup()
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    for addr in runner.addresses:
+        if isinstance(addr, tuple):
+            return int(addr[1])
+    return 0

@@ -1,0 +1,168 @@
+"""The whole product on loopback: dev provider + echo upstream + sidecar, one fake clock for all.
+
+``make_stack(**overrides)`` starts the three as real servers on 127.0.0.1 and returns a
+:class:`Stack`; ``stack`` is the default one. ``Stack.browser()`` gives an aiohttp client with a
+cookie jar that plays the browser; ``Stack.login(browser, user)`` runs the whole login flow.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from html import unescape
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import unused_port
+from prometheus_client import CollectorRegistry
+from yarl import URL
+
+from sidecar.app import create_admin_app, create_app
+from sidecar.config import Settings
+from sidecar.dev.provider import DevProvider, ProviderConfig, start_provider
+from sidecar.dev.run import dev_settings
+from sidecar.dev.upstream import UPSTREAM_STATS, UpstreamStats, create_upstream_app
+from sidecar.dev.users import DEFAULT_USERS
+from sidecar.keys import RUNTIME
+from sidecar.observability import make_logger
+from sidecar.runtime import Runtime
+from sidecar.server import Sidecar
+
+PASSWORDS = {u.username: u.password for u in DEFAULT_USERS}
+
+
+class FakeClock:
+    """Shared by the provider (minting) and the sidecar (checking); starts at the real time."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Stack:
+    provider: DevProvider
+    settings: Settings
+    runtime: Runtime
+    registry: CollectorRegistry
+    clock: FakeClock
+    upstream_stats: UpstreamStats
+    upstream_url: str
+    base: str  # the sidecar's URL, e.g. http://127.0.0.1:PORT
+    admin: str  # the admin listener's URL
+    logs: io.StringIO
+    _exit: AsyncExitStack = field(repr=False)
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    async def browser(self) -> aiohttp.ClientSession:
+        """A client with a cookie jar (cookies for 127.0.0.1 accepted, as a browser would)."""
+        session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        self._exit.push_async_callback(session.close)
+        return session
+
+    async def login(self, browser: aiohttp.ClientSession, user: str = "alice",
+                    return_to: str | None = None) -> aiohttp.ClientResponse:
+        """Login through the provider's form; returns the callback's (unfollowed) response."""
+        params = {"return_to": return_to} if return_to else {}
+        start = await browser.get(self.url("/auth/login"), params=params, allow_redirects=False)
+        assert start.status == 302, start.status
+        form_page = await browser.get(start.headers["Location"])
+        assert form_page.status == 200
+        action, fields = read_form(await form_page.text())
+        fields.update(username=user, password=PASSWORDS[user])
+        posted = await browser.post(form_page.url.join(URL(action)), data=fields, allow_redirects=False)
+        assert posted.status == 302, await posted.text()
+        callback = posted.headers["Location"]
+        assert callback.startswith(self.url("/auth/callback"))
+        return await browser.get(callback, allow_redirects=False)
+
+    def cookie(self, browser: aiohttp.ClientSession, name: str) -> str | None:
+        for morsel in browser.cookie_jar:
+            if morsel.key == name:
+                return morsel.value
+        return None
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.registry.get_sample_value(name, labels or None)
+        return 0.0 if value is None else value
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.logs.getvalue().splitlines() if line.strip()]
+
+
+def read_form(page: str) -> tuple[str, dict[str, str]]:
+    action = re.search(r'<form[^>]*action="([^"]+)"', page)
+    assert action is not None, page[:500]
+    fields = {
+        unescape(name): unescape(value)
+        for name, value in re.findall(r'<input[^>]*name="([^"]+)"[^>]*value="([^"]*)"', page)
+    }
+    return unescape(action.group(1)), fields
+
+
+StackFactory = Callable[..., Awaitable[Stack]]
+
+
+@pytest.fixture
+async def make_stack() -> AsyncIterator[StackFactory]:
+    async with AsyncExitStack() as exits:
+
+        async def start(provider_config: dict[str, Any] | None = None, **overrides: Any) -> Stack:
+            clock = FakeClock()
+            port = unused_port()
+            base = f"http://127.0.0.1:{port}"
+            config = ProviderConfig(
+                redirect_uris=(f"{base}/auth/callback",),
+                logout_uris=(f"{base}/",),
+                **(provider_config or {}),
+            )
+            provider = DevProvider(config, clock)
+            provider_runner, issuer = await start_provider(provider)
+            exits.push_async_callback(provider_runner.cleanup)
+
+            upstream_app = create_upstream_app()
+            upstream_runner = web.AppRunner(upstream_app, access_log=None)
+            await upstream_runner.setup()
+            exits.push_async_callback(upstream_runner.cleanup)
+            await web.TCPSite(upstream_runner, "127.0.0.1", 0).start()
+            upstream_url = f"http://127.0.0.1:{upstream_runner.addresses[0][1]}"
+
+            overrides.setdefault("logging", {"level": "debug", "format": "json"})
+            settings = dev_settings(issuer=issuer, upstream_url=upstream_url, host="127.0.0.1",
+                                    port=port, admin_port=0, public_host="127.0.0.1",
+                                    overrides=overrides)
+            registry = CollectorRegistry()
+            logs = io.StringIO()
+            log = make_logger(settings.logging.level, settings.logging.format, logs)
+            app = create_app(settings, clock=clock, registry=registry, log=log)
+            runtime = app[RUNTIME]
+            sidecar = Sidecar(app, create_admin_app(runtime), settings)
+            await sidecar.start()
+            exits.push_async_callback(sidecar.stop)
+            await runtime.connected.wait()
+            return Stack(
+                provider=provider, settings=settings, runtime=runtime, registry=registry, clock=clock,
+                upstream_stats=upstream_app[UPSTREAM_STATS], upstream_url=upstream_url, base=base,
+                admin=f"http://127.0.0.1:{sidecar.admin_port}", logs=logs, _exit=exits,
+            )
+
+        yield start
+
+
+@pytest.fixture
+async def stack(make_stack: StackFactory) -> Stack:
+    return await make_stack()
