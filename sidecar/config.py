@@ -250,6 +250,26 @@ class Rule(Section):
     def _methods(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(m.upper() for m in v)
 
+    @field_validator("claims", mode="before")
+    @classmethod
+    def _claims(cls, v: Any) -> Any:
+        # One message per claim (the union type would report each of its members).
+        if not isinstance(v, Mapping):
+            return v
+        out: dict[Any, Any] = {}
+        problems = []
+        for name, wanted in v.items():
+            if isinstance(wanted, (list, tuple)) and wanted and all(isinstance(w, str) for w in wanted):
+                out[name] = tuple(wanted)
+            elif isinstance(wanted, str):
+                out[name] = wanted
+            else:
+                problems.append(f"{name}: must be a string or a non-empty list of strings "
+                                '(quote YAML booleans and numbers: "true", "42")')
+        if problems:
+            raise ValueError(" | ".join(problems))
+        return out
+
 
 class LoggingSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -294,6 +314,30 @@ class Settings(Section):
             _check_origin(origin)
         return tuple(o.rstrip("/").lower() for o in v)
 
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, v: Any) -> Any:
+        # One message per entry (the union type would report an IPv4 and an IPv6 failure).
+        if not isinstance(v, (list, tuple)):
+            return v
+        out: list[Any] = []
+        problems = []
+        for item in v:
+            if isinstance(item, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+                out.append(item)
+                continue
+            problem = f"{item!r} is not an address or network like 10.0.0.0/8"
+            if not isinstance(item, str):
+                problems.append(problem)
+                continue
+            try:
+                out.append(ipaddress.ip_network(item))
+            except ValueError as exc:
+                problems.append(f"{problem} ({exc})")
+        if problems:
+            raise ValueError(" | ".join(problems))
+        return tuple(out)
+
     @field_validator("public_paths")
     @classmethod
     def _public(cls, v: tuple[str, ...]) -> tuple[str, ...]:
@@ -325,6 +369,9 @@ def _check_origin(origin: str) -> None:
         raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
 
 
+_VERBATIM = frozenset({"client_id", "client_secret", "secret"})
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for name, raw in sorted(environ.items()):
@@ -333,12 +380,15 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
         if not all(path):
             raise ConfigError([f"{name}: empty key segment (use __ between levels)"])
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        if isinstance(value, (int, float)) and path[-1] in {"client_id", "secret", "client_secret"}:
-            value = raw  # ids and secrets are strings even when they look like numbers
+        if path[-1] in _VERBATIM:
+            # Ids and secrets are taken as written: read as YAML, "12345" would be a number, a
+            # secret starting with "#" or "&" would be null and "abc #def" would lose " #def".
+            value: Any = raw
+        else:
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else ""
+            except yaml.YAMLError:
+                value = raw
         node = tree
         for key in path[:-1]:
             child = node.setdefault(key, {})

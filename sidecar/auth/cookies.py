@@ -126,7 +126,10 @@ class CookiePolicy:
                                         "xsrf": "/", "tx": "/"}
         self._max_age: dict[CookieKind, int] = {
             "access": cookies.access_token_max_age,
-            "id": cookies.access_token_max_age,
+            # The ID token cookie is the session's signed record of who is logged in (sidecar.auth.session):
+            # /auth/refresh binds the CSRF check to its `sub` after the access token is gone, so it must
+            # outlive the access token and live as long as the refresh token.
+            "id": cookies.refresh_token_max_age,
             "refresh": cookies.refresh_token_max_age,
             # The CSRF token lives as long as the session it protects.
             "xsrf": cookies.refresh_token_max_age,
@@ -158,9 +161,9 @@ class CookiePolicy:
     def attrs(self, kind: CookieKind, *, remaining: float | None = None) -> CookieAttrs:
         """Attributes to set a ``kind`` cookie. ``remaining``: seconds the token stays valid.
 
-        Access and ID token cookies require ``remaining`` and never outlive their token (Max-Age is
-        the smaller of the configured maximum and ``remaining``, never negative); for the other kinds
-        it is an optional further cap.
+        Access and ID token cookies require ``remaining`` and never outlive it (Max-Age is the smaller
+        of the configured maximum and ``remaining``, never negative): the access token's lifetime, the
+        session's for the ID token. For the other kinds it is an optional further cap.
         """
         if remaining is None and kind in ("access", "id"):
             raise ValueError(f"the {kind} token cookie needs the token's remaining lifetime")

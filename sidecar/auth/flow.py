@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from sidecar.auth.cookies import CookiePolicy
 from sidecar.auth.csrf import CsrfTokens, OriginPolicy
@@ -119,11 +119,17 @@ class SessionService:
         identity = renewal.identity
 
         def write(response: web.StreamResponse) -> None:
+            # This runs from on_response_prepare, after aiohttp has already rendered
+            # response.cookies into headers (StreamResponse._start), so a set_cookie() here would
+            # never be sent: stage the cookies on a scratch response and add the headers.
+            staged = web.StreamResponse()
             self.cookies.write(
-                response, present, access_token=tokens.access_token, access_exp=identity.expires_at,
+                staged, present, access_token=tokens.access_token, access_exp=identity.expires_at,
                 id_token=tokens.id_token, refresh_token=rotated, sub=identity.sub,
                 xsrf=present.get(self.policy.name("xsrf")),
             )
+            for morsel in staged.cookies.values():
+                response.headers.add(hdrs.SET_COOKIE, morsel.OutputString())
 
         add_response_hook(request, write)
         return identity

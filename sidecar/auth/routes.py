@@ -191,7 +191,8 @@ class AuthRoutes:
                 raise TokenRejected("expired" if token else "missing")
             identity = await self.s.renew(request, refresh_token)
         identity = await self.s.enrich(identity, present)
-        return web.json_response(identity_json(identity))
+        # Personal data: never stored by a cache, also at the alias outside /auth/ (RFC 9111 §5.2.2.5).
+        return web.json_response(identity_json(identity), headers={"Cache-Control": "no-store"})
 
     # -- logout ---------------------------------------------------------------------------------
 
@@ -214,18 +215,20 @@ class AuthRoutes:
         id_token = self.s.cookies.read(present, "id")
         outcome = "ok"
         client = self.s.runtime.client
-        if client is not None and refresh_token:
-            try:
-                await client.revoke(refresh_token)
-            except ProviderError as exc:
-                outcome = "revoke_failed"
-                self.log.warning("revoke_failed", reason=exc.reason)
+        # GlobalSignOut first: the access token authorizes it, and revoking the refresh token also
+        # revokes the access tokens issued from it (Cognito), after which GlobalSignOut is refused.
         if client is not None and self.oidc.global_sign_out and access_token:
             try:
                 await client.global_sign_out(access_token)
             except ProviderError as exc:
                 outcome = "global_sign_out_failed"
                 self.log.warning("global_sign_out_failed", reason=exc.reason)
+        if client is not None and refresh_token:
+            try:
+                await client.revoke(refresh_token)
+            except ProviderError as exc:
+                outcome = "revoke_failed"
+                self.log.warning("revoke_failed", reason=exc.reason)
         meta = self.s.runtime.meta
         target = None
         if meta is not None:

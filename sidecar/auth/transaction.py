@@ -45,6 +45,8 @@ class TransactionStore:
 
     def __init__(self, secret: bytes, policy: CookiePolicy, max_age: int, clock: Clock) -> None:
         attrs = policy.attrs("tx")
+        self.name = policy.name("tx")
+        self.clear_attrs = policy.clear_attrs("tx")
         self.max_age = max_age
         self.clock = clock
         self.storage = EncryptedCookieStorage(
@@ -85,9 +87,12 @@ class TransactionStore:
         await self.spent.set(digest, True, ttl=self.max_age)
         if pending:
             session["tx"] = pending
+            await self.storage.save_session(request, response, session)
         else:
-            session.invalidate()
-        await self.storage.save_session(request, response, session)
+            # Not session.invalidate(): aiohttp-session then deletes the cookie without Secure and
+            # SameSite, and browsers ignore a `__Host-` cookie set without Secure (RFC 6265bis
+            # §4.1.3.2), so the spent transaction would stay. Clear it with the attributes it had.
+            response.set_cookie(self.name, "", **self.clear_attrs)
         if self.clock() - float(tx.get("created", 0)) > self.max_age:
             raise FlowRejected("expired_transaction")
         return Transaction(verifier=str(tx["verifier"]), nonce=str(tx["nonce"]),

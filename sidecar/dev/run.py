@@ -1,4 +1,9 @@
-"""``authsidecar dev``: the dev provider, the demo app and the sidecar, wired together on loopback."""
+"""``authsidecar dev``: the dev provider, the demo app and the sidecar, wired together on loopback.
+
+The demo app is the echo upstream with the demo SPA in front of it (:mod:`sidecar.dev.spa`): the
+sidecar serves ``/`` and ``/static/*`` as public paths, so the SPA loads without a session, shows a
+login button, and calls ``/api/...`` through the sidecar, where the echo app answers.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,8 @@ from aiohttp import web
 from sidecar.app import create_admin_app, create_app
 from sidecar.config import Settings, parse_settings
 from sidecar.dev.provider import DevProvider, ProviderConfig, start_provider
-from sidecar.dev.upstream import create_upstream_app
+from sidecar.dev.spa import SPA_PUBLIC_PATHS, spa_middleware
+from sidecar.dev.upstream import UPSTREAM_STATS, UpstreamStats, create_upstream_app
 from sidecar.dev.users import DEFAULT_USERS
 from sidecar.keys import RUNTIME
 from sidecar.server import Sidecar
@@ -25,11 +31,11 @@ from sidecar.server import Sidecar
 BANNER = """
   authsidecar dev — FOR DEVELOPMENT ONLY: the provider below has public test users and keys.
 
-  Open            {app}
+  Open            {app}   (the demo SPA: log in, call the API, log out)
   Who am I        {app}auth/me
   Log out         {app}auth/logout
   Provider        {issuer}   (Cognito-shaped dev OpenID provider, loopback only)
-  Demo app        {upstream}  (echoes the identity headers it receives)
+  Demo app        {upstream}  (the SPA on / and /static/*; echoes every other request)
   Admin           http://127.0.0.1:{admin_port}/healthz  /readyz  /metrics
 
   Users:{users}
@@ -45,6 +51,7 @@ class DevStack:
     settings: Settings
     issuer: str
     upstream_url: str
+    upstream_stats: UpstreamStats | None = None
 
 
 def dev_settings(*, issuer: str, upstream_url: str, host: str, port: int, admin_port: int,
@@ -80,16 +87,25 @@ def dev_settings(*, issuer: str, upstream_url: str, host: str, port: int, admin_
 @asynccontextmanager
 async def dev_stack(*, host: str = "127.0.0.1", port: int = 8080, admin_port: int = 9464,
                     public_host: str = "localhost", provider_config: ProviderConfig | None = None,
-                    overrides: dict[str, Any] | None = None) -> AsyncIterator[DevStack]:
-    """Start provider, demo app and sidecar; stop all three on exit."""
+                    overrides: dict[str, Any] | None = None, spa: bool = True) -> AsyncIterator[DevStack]:
+    """Start provider, demo app and sidecar; stop all three on exit.
+
+    ``spa``: the demo SPA on ``/`` and ``/static/*`` of the demo app, public at the sidecar.
+    """
     hosts = sorted({public_host, "localhost", "127.0.0.1"})
     config = provider_config or ProviderConfig(
         redirect_uris=tuple(f"http://{h}:{port}/auth/callback" for h in hosts),
         logout_uris=tuple(f"http://{h}:{port}/" for h in hosts),
     )
+    upstream_app = create_upstream_app()
+    overrides = dict(overrides or {})
+    if spa:
+        # Runs before the echo app's catch-all route; requests for other paths fall through to it.
+        upstream_app.middlewares.append(spa_middleware())
+        overrides["public_paths"] = (*SPA_PUBLIC_PATHS, *overrides.get("public_paths", ()))
     provider = DevProvider(config, time.time)
     provider_runner, issuer = await start_provider(provider)
-    upstream_runner = web.AppRunner(create_upstream_app(), access_log=None)
+    upstream_runner = web.AppRunner(upstream_app, access_log=None)
     sidecar: Sidecar | None = None
     try:
         await upstream_runner.setup()
@@ -100,7 +116,7 @@ async def dev_stack(*, host: str = "127.0.0.1", port: int = 8080, admin_port: in
         app = create_app(settings)
         sidecar = Sidecar(app, create_admin_app(app[RUNTIME]), settings)
         await sidecar.start()
-        yield DevStack(provider, sidecar, settings, issuer, upstream_url)
+        yield DevStack(provider, sidecar, settings, issuer, upstream_url, upstream_app[UPSTREAM_STATS])
     finally:
         if sidecar is not None:
             await sidecar.stop()

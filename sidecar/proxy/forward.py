@@ -30,14 +30,16 @@ from sidecar.errors import UpstreamError
 from sidecar.observability import Metrics
 from sidecar.proxy.headers import response_headers
 
-__all__ = ["SMALL_BODY", "Forwarder", "is_websocket"]
+__all__ = ["CLIENT_CLOSED", "SMALL_BODY", "Forwarder", "is_websocket"]
 
 SMALL_BODY: Final = 64 * 1024
+CLIENT_CLOSED: Final = 499
 # Below the 5 s keep-alive of Node.js servers, so the pool rarely picks a connection the app is
 # closing; aiohttp retries idempotent requests once when that still happens.
 _KEEPALIVE: Final = 4.0
 # The client library adds these unless told not to; a proxy must not invent them (an added
-# Accept-Encoding would make the app compress for a client that never asked).
+# Accept-Encoding would make the app compress for a client that never asked). Telling it costs a
+# header copy per request, so it is only done when one of them is actually missing.
 _NO_AUTO_HEADERS: Final = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 _NO_BODY_STATUS: Final = frozenset({204, 304})
 _WS_CLOSE_TIMEOUT: Final = 10.0
@@ -46,6 +48,16 @@ _WS_GOING_AWAY, _WS_INTERNAL, _WS_BAD_GATEWAY = 1001, 1011, 1014
 
 _WSPair = tuple[web.WebSocketResponse, aiohttp.ClientWebSocketResponse]
 _AnyWS = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+def _complete(headers: CIMultiDict[str], has_body: bool) -> bool:
+    """Whether ``headers`` already hold every header the client library would otherwise add."""
+    return (
+        "Accept" in headers
+        and "Accept-Encoding" in headers
+        and "User-Agent" in headers
+        and (not has_body or "Content-Type" in headers)
+    )
 
 
 def is_websocket(request: web.BaseRequest) -> bool:
@@ -59,7 +71,9 @@ class Forwarder:
 
     def __init__(self, settings: UpstreamSettings, metrics: Metrics) -> None:
         self._settings = settings
-        self._base = settings.url
+        base = URL(settings.url)
+        self._scheme, self._authority = base.scheme, base.raw_authority
+        self._prefix = base.raw_path.rstrip("/")
         self._observe = metrics.upstream_seconds.observe
         self._errors = {
             kind: metrics.upstream_errors.labels(kind=kind) for kind in ("refused", "timeout", "reset")
@@ -74,7 +88,6 @@ class Forwarder:
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
-            skip_auto_headers=_NO_AUTO_HEADERS,
             timeout=aiohttp.ClientTimeout(
                 total=None,
                 connect=s.connect_timeout,
@@ -96,16 +109,22 @@ class Forwarder:
         session = self._session
         assert session is not None, "Forwarder.start() was not awaited"
         method = request.method
+        body = request.content if request.body_exists else None
         started = time.perf_counter()
         try:
             upstream = await session.request(
                 method,
                 self._url(request),
                 headers=headers,
-                data=request.content if request.body_exists else None,
+                data=body,
                 allow_redirects=False,
+                skip_auto_headers=None if _complete(headers, body is not None) else _NO_AUTO_HEADERS,
             )
         except (aiohttp.ClientError, OSError) as exc:
+            if request.transport is None or request.transport.is_closing():
+                # The client left mid-upload, which broke the request to the app: not the app's
+                # failure. 499 is nginx's "client closed request"; nobody receives it.
+                return web.Response(status=CLIENT_CLOSED)
             raise self._failure(exc) from exc
         self._observe(time.perf_counter() - started)
 
@@ -114,11 +133,15 @@ class Forwarder:
         length = upstream.content_length
         if method == "HEAD" or status in _NO_BODY_STATUS or (length is not None and length <= SMALL_BODY):
             try:
-                body = await upstream.read()
+                content = await upstream.read()
             except (aiohttp.ClientError, OSError) as exc:
                 upstream.close()
                 raise self._failure(exc) from exc
-            return web.Response(body=body or None, status=status, reason=upstream.reason, headers=out_headers)
+            except asyncio.CancelledError:
+                upstream.close()
+                raise
+            reason = upstream.reason
+            return web.Response(body=content or None, status=status, reason=reason, headers=out_headers)
         return await self._stream(request, upstream, out_headers)
 
     async def _stream(
@@ -156,7 +179,15 @@ class Forwarder:
         target = request.raw_path
         if not target.startswith("/"):  # absolute-form or asterisk-form (RFC 9112 §3.2)
             target = request.rel_url.raw_path_qs
-        return URL(self._base + target, encoded=True)
+        path, _, query = target.partition("?")
+        # encoded=True: the bytes are used as they are, never re-quoted or normalized.
+        return URL.build(
+            scheme=self._scheme,
+            authority=self._authority,
+            path=self._prefix + path,
+            query_string=query,
+            encoded=True,
+        )
 
     def _failure(self, exc: aiohttp.ClientError | OSError) -> UpstreamError:
         if isinstance(exc, TimeoutError):
@@ -203,16 +234,20 @@ class Forwarder:
             timeout=_WS_CLOSE_TIMEOUT,
         )
         pair = (client, app)
+        pumps: list[asyncio.Task[None]] = []
         try:
             await client.prepare(request)
             self._websockets.add(pair)
-            await asyncio.gather(
-                _pump(client, app, gone=_WS_GOING_AWAY, lost=_WS_BAD_GATEWAY),
-                _pump(app, client, gone=_WS_BAD_GATEWAY, lost=_WS_GOING_AWAY),
-            )
+            pumps = [
+                asyncio.create_task(_pump(client, app, gone=_WS_GOING_AWAY, lost=_WS_BAD_GATEWAY)),
+                asyncio.create_task(_pump(app, client, gone=_WS_BAD_GATEWAY, lost=_WS_GOING_AWAY)),
+            ]
+            await asyncio.gather(*pumps)
         except ConnectionError:
             pass
         finally:
+            for pump in pumps:
+                pump.cancel()  # no-op once finished; otherwise never leave one pumping alone
             self._websockets.discard(pair)
             if not app.closed:
                 await app.close(code=_WS_GOING_AWAY)

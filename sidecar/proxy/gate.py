@@ -15,12 +15,12 @@ from aiohttp import web
 from sidecar.auth.cookies import join as join_cookie
 from sidecar.auth.flow import UNSAFE, SessionService
 from sidecar.config import Settings
-from sidecar.errors import Forbidden, ProviderError, TokenRejected
+from sidecar.errors import CsrfRejected, Forbidden, ProviderError, TokenRejected
 from sidecar.identity import Identity
 from sidecar.keys import IDENTITY, REQUEST_ID, ROUTE_CLASS
 from sidecar.proxy.forward import is_websocket
 from sidecar.proxy.headers import HeaderPolicy
-from sidecar.proxy.rules import PathSet, RuleSet
+from sidecar.proxy.rules import AmbiguousPath, PathSet, RuleSet, check_path
 from sidecar.runtime import Runtime
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
@@ -86,8 +86,9 @@ class Gate:
     async def identify(self, token: str | None) -> Identity:
         if not token:
             raise TokenRejected("missing")
-        validator = self.runtime.validator
-        if validator is None:
+        validator, jwks = self.runtime.validator, self.runtime.jwks
+        if validator is None or jwks is None or not jwks.ready:
+            # No signing keys yet: a 401 would send a browser to log in, in a loop, for a valid token.
             raise ProviderError("not_ready")
         identity = validator.cached(token)
         if identity is None:
@@ -112,14 +113,22 @@ class Gate:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         websocket = is_websocket(request)
         request[ROUTE_CLASS] = "websocket" if websocket else "proxy"
+        try:
+            # Before the public paths: "/public/../admin" must not pass as public.
+            check_path(request.path)
+        except AmbiguousPath as exc:
+            self._record(exc.reason)
+            raise
         token, source = self.credentials(request)
         identity: Identity | None = None
         if request.path in self.public:
-            # Public paths never refuse; a valid token still identifies the caller.
+            # Public paths never refuse; a valid token still identifies the caller, but a cookie
+            # only does so past the forgery checks (else a cross-site form would post as the user).
             if token:
                 try:
                     identity = await self.identify(token)
-                except (TokenRejected, ProviderError):
+                    self.check_forgery(request, source, identity.sub, websocket)
+                except (TokenRejected, ProviderError, CsrfRejected):
                     identity = None
             self._decisions["public"].inc()
         else:
@@ -128,8 +137,7 @@ class Gate:
             except TokenRejected as exc:
                 self._record(exc.reason)
                 raise
-            if source != "bearer" and request.method in UNSAFE and request.path not in self.csrf_exempt:
-                self.sessions.check_csrf(request, self.cookies.get(request), identity.sub)
+            self.check_forgery(request, source, identity.sub, websocket)
             try:
                 self.rules.check(request.method, request.path, identity)
             except Forbidden:
@@ -152,6 +160,16 @@ class Gate:
         if websocket:
             return await self.runtime.forwarder.websocket(request, upstream)
         return await self.runtime.forwarder.forward(request, upstream)
+
+    def check_forgery(self, request: web.Request, source: str, sub: str, websocket: bool) -> None:
+        """CSRF checks for an unsafe request, the Origin check for a WebSocket handshake (RFC 6455
+        §10.2), when the credentials came from a cookie: a browser attaches it to cross-site requests."""
+        if source == "bearer" or request.path in self.csrf_exempt:
+            return
+        if request.method in UNSAFE:
+            self.sessions.check_csrf(request, self.cookies.get(request), sub)
+        elif websocket:
+            self.sessions.check_origin(request)
 
     def _record(self, reason: str) -> None:
         counter = self._decisions.get(reason)

@@ -137,8 +137,10 @@ class HeaderPolicy:
         self._managed = frozenset(_normalize(n) for n in (*_ACTIONS, "content-length"))
         self._user_id, self._email, self._groups, self._username = mapped
         self._claim_headers = tuple(settings.claims.items())
-        # Per-name action, per-address trust, per-Cookie-header result, per-identity header block.
+        # Per-name action, per-Connection-value names, per-address trust, per-Cookie-header result,
+        # per-identity header block.
         self._actions: dict[str, int] = {}
+        self._connections: dict[str, frozenset[str] | None] = {}
         self._trust: dict[str, bool] = {}
         self._cookies: dict[str, str | None] = {}
         self._identities: dict[int, tuple[Identity, tuple[tuple[str, str], ...]]] = {}
@@ -242,10 +244,11 @@ class HeaderPolicy:
         return _remember(self._actions, name, action)
 
     def _connection_named(self, connection: str) -> frozenset[str] | None:
+        if connection in self._connections:
+            return self._connections[connection]
         # `Connection: keep-alive` / `close` / `upgrade` name nothing beyond the hop-by-hop set.
-        tokens = frozenset(t.strip().lower() for t in connection.split(",")) - HOP_BY_HOP
-        tokens -= {"", "close"}
-        return tokens or None
+        tokens = frozenset(t.strip().lower() for t in connection.split(",")) - HOP_BY_HOP - {"", "close"}
+        return _remember(self._connections, connection, tokens or None)
 
     def _is_trusted(self, address: str) -> bool:
         known = self._trust.get(address)

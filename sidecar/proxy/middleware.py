@@ -65,7 +65,8 @@ class ErrorMapper:
         if isinstance(exc, (RefreshFailed, TokenRejected)):
             reason = exc.reason
             if is_navigation(request):
-                target = self.public_origin + request.path_qs
+                # As sent: the decoded form would turn `q=a%26b` into two parameters on the way back.
+                target = self.public_origin + request.rel_url.raw_path_qs
                 location = f"{self.login_path}?return_to={quote(target, safe='')}"
                 resp = web.Response(status=302, headers={"Location": location, "Cache-Control": NO_STORE})
             else:

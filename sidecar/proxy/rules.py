@@ -3,8 +3,15 @@
 Rules are ordered; the first whose path pattern and method match decides. A path that no rule
 matches only needs a valid identity. Patterns: ``*`` matches within one path segment, ``**`` any
 number of segments (``/api/**`` matches ``/api``, ``/api/`` and ``/api/a/b``); everything else is
-literal. Matching runs on the percent-decoded, dot-segment-free path aiohttp gives us, so
-``/admin/../public`` or ``/%61dmin`` cannot dodge a rule.
+literal.
+
+Paths are matched as aiohttp gives them: percent-decoded (``/%61dmin`` is ``/admin``), but with dot
+segments left in place. The app may resolve ``/public/../admin`` (or ``%2e%2e``, ``..;``, backslashes) to
+``/admin`` while the sidecar sees a public path, so a request with a dot segment is refused
+(:func:`check_path`); browsers never send one (the WHATWG URL parser removes them). Rules match
+whatever spelling the app may route to the same handler: letters in any case, repeated slashes as
+one, and ``;parameters`` of a segment ignored (servlet containers strip them). Public and
+CSRF-exempt paths match exactly, so an odd spelling of them only costs a login.
 """
 
 from __future__ import annotations
@@ -15,11 +22,38 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.config import Rule
-from sidecar.errors import Forbidden
+from sidecar.errors import AuthRejected, Forbidden
 from sidecar.identity import Identity
 
+# A "." or ".." segment, also with ";parameters" (Tomcat's "..;") or between backslashes (IIS).
+_DOT_SEGMENT = re.compile(r"(?:^|[/\\])\.{1,2}(?:;[^/\\]*)?(?=[/\\]|\Z)")
+_SLASHES = re.compile(r"//+")
+_PARAMS = re.compile(r";[^/]*")
 
-def compile_pattern(pattern: str) -> re.Pattern[str]:
+
+class AmbiguousPath(AuthRejected):
+    """400: the path has a dot segment, which the app might resolve differently from the rules."""
+
+    status = 400
+    error = "bad_request"
+
+
+def check_path(path: str) -> None:
+    """Raise :class:`AmbiguousPath` if the percent-decoded ``path`` has a dot segment."""
+    if "." in path and _DOT_SEGMENT.search(path) is not None:
+        raise AmbiguousPath("ambiguous_path")
+
+
+def rule_path(path: str) -> str:
+    """``path`` with repeated slashes collapsed and segment parameters dropped, for rule matching."""
+    if "//" in path:
+        path = _SLASHES.sub("/", path)
+    if ";" in path:
+        path = _PARAMS.sub("", path)
+    return path
+
+
+def compile_pattern(pattern: str, flags: int = 0) -> re.Pattern[str]:
     """Translate a path pattern into an anchored regular expression."""
     out = []
     i = 0
@@ -36,7 +70,7 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
         else:
             out.append(re.escape(pattern[i]))
             i += 1
-    return re.compile("".join(out) + r"\Z", re.DOTALL)
+    return re.compile("".join(out) + r"\Z", re.DOTALL | flags)
 
 
 class PathSet:
@@ -97,6 +131,7 @@ class RuleSet:
         self.rules = tuple(_compile(i, r) for i, r in enumerate(rules))
 
     def check(self, method: str, path: str, identity: Identity) -> None:
+        path = rule_path(path)
         for rule in self.rules:
             if rule.matches(method, path):
                 if not rule.allows(identity):
@@ -109,7 +144,7 @@ def _compile(index: int, rule: Rule) -> CompiledRule:
     return CompiledRule(
         index=index,
         source=rule.path,
-        path=compile_pattern(rule.path),
+        path=compile_pattern(rule_path(rule.path), re.IGNORECASE),
         methods=frozenset(rule.methods),
         groups_any=frozenset(rule.groups_any),
         groups_all=frozenset(rule.groups_all),

@@ -141,9 +141,20 @@ def test_default_attributes_per_kind_as_aiohttp_renders_them(kind, path, httponl
         pytest.param(-5, 0, id="already-expired"),
     ],
 )
-@pytest.mark.parametrize("kind", ["access", "id"])
-def test_token_cookie_never_outlives_its_token(kind, remaining, max_age):
-    assert policy(access_token_max_age=3600).attrs(kind, remaining=remaining)["max_age"] == max_age
+@pytest.mark.parametrize(
+    ("kind", "maximum"),
+    [("access", "access_token_max_age"), ("id", "refresh_token_max_age")],
+    ids=["access", "id"],
+)
+def test_token_cookie_never_outlives_its_token(kind, maximum, remaining, max_age):
+    assert policy(**{maximum: 3600}).attrs(kind, remaining=remaining)["max_age"] == max_age
+
+
+def test_id_token_cookie_outlives_the_access_token_for_the_session():
+    # /auth/refresh binds its CSRF check to the ID token's sub once the access token is gone.
+    p = policy(access_token_max_age=3600, refresh_token_max_age=86400)
+    assert p.attrs("id", remaining=86400)["max_age"] == 86400
+    assert p.attrs("access", remaining=86400)["max_age"] == 3600
 
 
 @pytest.mark.parametrize("kind", ["access", "id"])

@@ -67,6 +67,7 @@ class Upstream:
         r.add_get("/ws/echo", self.ws_echo)
         r.add_get("/ws/refuse", self.ws_refuse)
         r.add_route("*", "/upload", self.upload)
+        r.add_post("/upload-partial", self.upload_partial)
         r.add_get("/stream", self.stream)
         r.add_get("/stream-forever", self.stream_forever)
         r.add_get("/reset-small", self.reset(total=1000, sent=100))
@@ -115,6 +116,15 @@ class Upstream:
                 first = False
         rec.body_sha256 = digest.hexdigest()
         return web.json_response({"size": rec.body_size, "sha256": rec.body_sha256})
+
+    async def upload_partial(self, request: web.Request) -> web.Response:
+        self._record(request)
+        try:
+            async for _chunk in request.content.iter_any():
+                self.events["upload_first_chunk"].set()
+        finally:
+            self.events["upload_ended"].set()
+        return web.Response(text="complete?")
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         self._record(request)
@@ -274,6 +284,9 @@ class Proxy:
     forwarder: Forwarder
     policy: HeaderPolicy
     metrics: Metrics
+    # Status of every response the proxy handler returned, and an event set after each one.
+    statuses: list[int] = field(default_factory=list)
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 MakeProxy = Callable[..., Awaitable[Proxy]]
@@ -314,12 +327,17 @@ def make_proxy(
                 access_token=access_token,
                 request_id="req-1",
             )
+            resp: web.StreamResponse
             try:
                 if is_websocket(request):
-                    return await forwarder.websocket(request, headers)
-                return await forwarder.forward(request, headers)
+                    resp = await forwarder.websocket(request, headers)
+                else:
+                    resp = await forwarder.forward(request, headers)
             except UpstreamError as exc:
-                return web.Response(status=exc.status, text=exc.kind)
+                resp = web.Response(status=exc.status, text=exc.kind)
+            proxy.statuses.append(resp.status)
+            proxy.answered.set()
+            return resp
 
         async def lifetime(_app: web.Application) -> AsyncIterator[None]:
             await forwarder.start()
@@ -330,7 +348,7 @@ def make_proxy(
         app.cleanup_ctx.append(lifetime)
         app.router.add_route("*", "/{tail:.*}", handle)
         server = ProxyServer(app, handler_cancellation=handler_cancellation)
-        client = await aiohttp_client(server, **client_kwargs)
-        return Proxy(client, forwarder, policy, metrics)
+        proxy = Proxy(await aiohttp_client(server, **client_kwargs), forwarder, policy, metrics)
+        return proxy
 
     return make

@@ -13,7 +13,7 @@ from aiohttp import web
 from yarl import URL
 
 from sidecar.config import IdentityHeaderSettings
-from sidecar.proxy.forward import SMALL_BODY
+from sidecar.proxy.forward import CLIENT_CLOSED, SMALL_BODY
 from tests.proxy.conftest import ALICE, BIG_GZIPPED, GZIPPED, MakeProxy, Upstream
 
 TIMEOUT = 10  # a deadlock (a buffering proxy) fails the test instead of hanging it
@@ -360,3 +360,43 @@ async def test_forward_before_start_is_a_programming_error() -> None:
     request = web.BaseRequest.__new__(web.Request)
     with pytest.raises(AssertionError, match="start"):
         await forwarder.forward(request, None)  # type: ignore[arg-type]
+
+
+async def test_an_absolute_form_target_is_sent_upstream_in_origin_form(
+    make_proxy: MakeProxy, upstream: Upstream
+) -> None:
+    proxy = await make_proxy()
+    url = proxy.client.make_url("")
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(
+            b"GET http://evil.example/abs%2Fx?q=%zz HTTP/1.1\r\n"
+            b"Host: evil.example\r\nConnection: close\r\n\r\n"
+        )
+        response = await reader.read()
+    finally:
+        writer.close()
+    assert response.startswith(b"HTTP/1.1 200 ")
+    assert upstream.last.raw_path == "/abs%2Fx?q=%zz"
+    assert upstream.last.header("Host") == upstream.url.removeprefix("http://")
+
+
+async def test_a_client_leaving_mid_upload_is_not_an_upstream_error(
+    make_proxy: MakeProxy, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = await make_proxy()
+    url = proxy.client.make_url("")
+    with caplog.at_level(logging.DEBUG, logger="aiohttp"):
+        async with asyncio.timeout(TIMEOUT):
+            _, writer = await asyncio.open_connection(url.host, url.port)
+            writer.write(
+                b"POST /upload-partial HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"5\r\nhello\r\n"
+            )
+            await upstream.events["upload_first_chunk"].wait()
+            writer.transport.abort()
+            await proxy.answered.wait()
+            await upstream.events["upload_ended"].wait()  # the app's request was ended, not left hanging
+    assert proxy.statuses == [CLIENT_CLOSED]
+    assert sample(proxy.metrics, "authsidecar_upstream_errors_total", kind="reset") == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -1,0 +1,473 @@
+"""The command line: ``check-config`` refuses bad settings one line per problem, ``serve`` runs and
+stops cleanly on SIGTERM. Both are run as ``python -m sidecar`` where the process boundary matters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import unused_port
+
+from sidecar import cli
+from sidecar.config import load_settings
+from sidecar.dev.provider import DevProvider, ProviderConfig, start_provider
+from sidecar.dev.upstream import create_upstream_app
+from tests.flows.conftest import FakeClock
+
+PREFIX = "authsidecar: config error: "
+COOKIE_SECRET = "cookie-secret-0123456789-abcdefghijklmnop"
+CLIENT_SECRET = "client-secret-zyxwvutsrqponm-9876543210"
+BASE: dict[str, Any] = {
+    "oidc": {
+        "issuer": "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Abc123",
+        "client_id": "from-yaml",
+        "client_secret": CLIENT_SECRET,
+        "cognito_domain": "auth.example.com",
+    },
+    "callback_url": "https://app.example.com/auth/callback",
+    "app_url": "https://app.example.com/",
+    "cookies": {"secret": COOKIE_SECRET},
+}
+
+
+def config(**changes: Any) -> dict[str, Any]:
+    """BASE with sections merged one level deep; a value of None removes the key."""
+    out = json.loads(json.dumps(BASE))
+    for key, value in changes.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            merged = {**out[key], **value}
+            out[key] = {k: v for k, v in merged.items() if v is not None}
+        else:
+            out[key] = value
+    return out
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSIDECAR_")}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(autouse=True)
+def no_ambient_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("AUTHSIDECAR_")]:
+        monkeypatch.delenv(name)
+
+
+def write(tmp_path: Path, data: dict[str, Any] | str, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def check_config(capsys: pytest.CaptureFixture[str], path: Path) -> tuple[int, str, list[str]]:
+    code = cli.main(["check-config", "--config", str(path)])
+    out, err = capsys.readouterr()
+    return code, out, err.splitlines()
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "sidecar", *args],
+        capture_output=True, text=True, timeout=30, env=env if env is not None else clean_env(),
+    )
+
+
+# -- check-config: every problem one line naming its key ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        pytest.param(config(oidcc={"issuer": "x"}), ["oidcc: unknown key"], id="unknown-top-level-key"),
+        pytest.param(config(upstream={"urll": "http://x"}), ["upstream.urll: unknown key"],
+                     id="unknown-nested-key"),
+        pytest.param(config(rules=[{"path": "/a", "groupz": ["x"]}]), ["rules.0.groupz: unknown key"],
+                     id="unknown-key-in-a-rule"),
+        pytest.param(config(listen={"port": "eighty"}), ["listen.port: "], id="wrong-type-port"),
+        pytest.param(config(listen={"port": 70000}), ["listen.port: "], id="port-out-of-range"),
+        pytest.param(config(upstream="http://app:3000"), ["upstream: "], id="wrong-type-section"),
+        pytest.param(config(tokens={"accept_bearer": "maybe"}), ["tokens.accept_bearer: "],
+                     id="wrong-type-bool"),
+        pytest.param(config(rules=[{"path": "/a", "claims": {"role": 5, "dept": ["a", 1]}}]),
+                     ["rules.0.claims.role: must be a string", "rules.0.claims.dept: must be a string"],
+                     id="wrong-type-rule-claims"),
+        pytest.param(config(trusted_proxies=["10.0.0.0/8", "not-an-ip"]),
+                     ["trusted_proxies: 'not-an-ip' is not an address or network"], id="wrong-trusted-proxy"),
+        pytest.param(config(callback_url=None), ["callback_url: required key is missing"], id="missing-key"),
+        pytest.param(config(oidc={"client_id": None}), ["oidc.client_id: required key is missing"],
+                     id="missing-nested-key"),
+        pytest.param(config(cookies={"same_site": "none", "secure": False}),
+                     ["cookies.same_site: none requires secure: true"], id="same-site-none-without-secure"),
+        pytest.param(config(dev_mode=True, cookies={"same_site": "none", "secure": False}),
+                     ["cookies.same_site: none requires secure: true"],
+                     id="same-site-none-without-secure-in-dev"),
+        pytest.param(config(oidc={"issuer": "http://idp.example.com"}),
+                     ["oidc.issuer: must be https outside dev_mode"], id="http-issuer-without-dev-mode"),
+        pytest.param(config(cookies={"secure": False, "secret": None}),
+                     ["cookies.secure: must be true outside dev_mode", "cookies.secret: required"],
+                     id="two-cross-field-problems"),
+        pytest.param(config(cookies={"secret": "short-secret"}), ["cookies.secret: must be at least 32"],
+                     id="short-cookie-secret"),
+        pytest.param(config(listen={"port": -1}, upstream={"url": "ftp://app"}, extra=1),
+                     ["listen.port: ", "upstream.url: ", "extra: unknown key"], id="three-problems-at-once"),
+    ],
+)
+def test_check_config_prints_one_line_per_problem_naming_its_key_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], data: dict[str, Any], expected: list[str]
+) -> None:
+    code, out, lines = check_config(capsys, write(tmp_path, data))
+
+    assert code == cli.EXIT_CONFIG == 2
+    assert out == ""
+    assert len(lines) == len(expected), lines
+    for want in expected:
+        assert sum(line.startswith(PREFIX + want) for line in lines) == 1, (want, lines)
+    assert "short-secret" not in "\n".join(lines)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("oidc: [unclosed\n  x: 1\n", "line 2 column 4: ", id="unclosed-bracket"),
+        pytest.param("oidc:\n\tissuer: x\n", "line 2 column 1: ", id="tab-indent"),
+        pytest.param("- just\n- a list\n", "top level must be a mapping of keys", id="not-a-mapping"),
+    ],
+)
+def test_check_config_names_the_line_of_a_malformed_yaml_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str
+) -> None:
+    path = write(tmp_path, text)
+
+    code, _out, lines = check_config(capsys, path)
+
+    assert code == 2
+    assert len(lines) == 1
+    assert lines[0].startswith(f"{PREFIX}config file {path}")
+    assert expected in lines[0]
+
+
+def test_check_config_names_a_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _out, lines = check_config(capsys, tmp_path / "nowhere.yaml")
+
+    assert code == 2
+    assert lines == [f"{PREFIX}config file {tmp_path / 'nowhere.yaml'}: No such file or directory"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("oidc: [unclosed\n", "config file ", id="malformed-yaml"),
+        pytest.param(yaml.safe_dump(config(oidcc={})), "oidcc: unknown key", id="unknown-key"),
+        pytest.param(yaml.safe_dump(config(oidc={"issuer": "http://idp.example.com"})), "oidc.issuer: ",
+                     id="http-issuer"),
+    ],
+)
+def test_the_check_config_process_exits_2_with_one_stderr_line_and_no_traceback(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    done = run_cli("check-config", "--config", str(write(tmp_path, text)))
+
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1
+    assert done.stderr.startswith(PREFIX + expected)
+    assert "Traceback" not in done.stderr
+
+
+def test_check_config_prints_the_effective_config_with_secrets_masked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, lines = check_config(capsys, write(tmp_path, config()))
+
+    assert (code, lines) == (0, [])
+    effective = json.loads(out)
+    assert effective["oidc"]["client_id"] == "from-yaml"
+    assert effective["oidc"]["client_secret"] == "**********"
+    assert effective["cookies"]["secret"] == "**********"
+    assert COOKIE_SECRET not in out
+    assert CLIENT_SECRET not in out
+
+
+# -- environment overrides and secret files ------------------------------------------------------------
+
+
+def test_environment_overrides_and_secret_files_apply_and_stay_masked(tmp_path: Path) -> None:
+    cookie_file = tmp_path / "cookie-secret"
+    cookie_file.write_text("from-a-file-0123456789abcdefghijklmnopqrstuvwxyz\n", encoding="utf-8")
+    client_file = tmp_path / "client-secret"
+    client_file.write_text("client-secret-from-a-file\n", encoding="utf-8")
+    path = write(tmp_path, config(cookies={"secret": None}, oidc={"client_secret": None}))
+    env = clean_env(
+        AUTHSIDECAR_OIDC__CLIENT_ID="from-env",
+        AUTHSIDECAR_COOKIES__SECRET_FILE=str(cookie_file),
+        AUTHSIDECAR_OIDC__CLIENT_SECRET_FILE=str(client_file),
+        AUTHSIDECAR_UPSTREAM__READ_TIMEOUT="12.5",
+        AUTHSIDECAR_PUBLIC_PATHS="[/public/**, /status]",
+    )
+
+    done = run_cli("check-config", "--config", str(path), env=env)
+
+    assert (done.returncode, done.stderr) == (0, "")
+    effective = json.loads(done.stdout)
+    assert effective["oidc"]["client_id"] == "from-env"
+    assert effective["upstream"]["read_timeout"] == 12.5
+    assert effective["public_paths"] == ["/public/**", "/status"]
+    assert effective["cookies"]["secret"] == effective["oidc"]["client_secret"] == "**********"
+    assert "from-a-file" not in done.stdout
+
+    settings = load_settings(path, env)
+    assert settings.cookies.secret is not None
+    assert settings.oidc.client_secret is not None
+    assert settings.cookies.secret.get_secret_value() == "from-a-file-0123456789abcdefghijklmnopqrstuvwxyz"
+    assert settings.oidc.client_secret.get_secret_value() == "client-secret-from-a-file"
+    assert "from-a-file" not in repr(settings)
+    assert "from-a-file" not in str(settings.cookies)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("1234567", id="digits"),
+        pytest.param("0x1F", id="hex-looking"),
+        pytest.param("true", id="boolean-looking"),
+        pytest.param("2024-01-01", id="date-looking"),
+        pytest.param("#starts-like-a-comment-0123456789abcdef", id="leading-hash"),
+        pytest.param("&starts-like-an-anchor-0123456789abcdef", id="leading-ampersand"),
+        pytest.param("has a #hash inside-0123456789abcdefghij", id="inner-comment"),
+        pytest.param("key: value-0123456789abcdefghijklmnopq", id="mapping-looking"),
+    ],
+)
+def test_ids_and_secrets_from_the_environment_are_taken_verbatim(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, config())
+    env = {"AUTHSIDECAR_OIDC__CLIENT_ID": value, "AUTHSIDECAR_OIDC__CLIENT_SECRET": value}
+
+    settings = load_settings(path, env)
+
+    assert settings.oidc.client_id == value
+    assert settings.oidc.client_secret is not None
+    assert settings.oidc.client_secret.get_secret_value() == value
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        pytest.param({"AUTHSIDECAR_OIDC__CLIENTID": "x"}, "oidc.clientid: unknown key", id="misspelt-key"),
+        pytest.param({"AUTHSIDECAR_LISTEN__PORT": "abc"}, "listen.port: ", id="wrong-type"),
+        pytest.param({"AUTHSIDECAR_COOKIES__SECRET_FILE": "/nonexistent/secret"},
+                     "cookies.secret_file: cannot read /nonexistent/secret", id="unreadable-secret-file"),
+        pytest.param({"AUTHSIDECAR_OIDC____CLIENT_ID": "x"},
+                     "AUTHSIDECAR_OIDC____CLIENT_ID: empty key segment",
+                     id="empty-segment"),
+    ],
+)
+def test_a_bad_environment_override_is_one_line_naming_its_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str], expected: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    code, _out, lines = check_config(capsys, write(tmp_path, config()))
+
+    assert code == 2
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(PREFIX + expected)
+
+
+# -- serve --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def dev_provider() -> AsyncIterator[DevProvider]:
+    provider = DevProvider(ProviderConfig(), FakeClock())
+    runner, _issuer = await start_provider(provider)
+    try:
+        yield provider
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def echo_upstream() -> AsyncIterator[str]:
+    runner = web.AppRunner(create_upstream_app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def read_until(stream: asyncio.StreamReader, event: str, seen: list[str]) -> None:
+    """Read log lines until one with ``event``; every line read is kept in ``seen``."""
+    while True:
+        line = (await stream.readline()).decode()
+        if not line:
+            raise AssertionError(f"the process ended before logging {event!r}: {seen}")
+        seen.append(line)
+        if f'"event": "{event}"' in line:
+            return
+
+
+async def wait_ready(admin: str) -> None:
+    """Poll /readyz with short attempts, a bounded number of times."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5)) as session:
+        for _ in range(50):
+            try:
+                async with session.get(admin + "/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                continue
+    raise AssertionError("the sidecar never became ready")
+
+
+async def test_serve_starts_proxies_and_exits_0_on_sigterm(
+    tmp_path: Path, dev_provider: DevProvider, echo_upstream: str
+) -> None:
+    issuer = dev_provider.issuer
+    port, admin_port = unused_port(), unused_port()
+    path = write(tmp_path, {
+        "dev_mode": True,
+        "oidc": {"issuer": issuer, "provider": "cognito", "cognito_domain": issuer,
+                 "client_id": dev_provider.config.client_id},
+        "callback_url": f"http://127.0.0.1:{port}/auth/callback",
+        "app_url": f"http://127.0.0.1:{port}/",
+        "cookies": {"secure": False},
+    })
+    cookie_secret = tmp_path / "cookie-secret"
+    cookie_secret.write_text(COOKIE_SECRET + "\n", encoding="utf-8")
+    env = clean_env(
+        AUTHSIDECAR_LISTEN__HOST="127.0.0.1", AUTHSIDECAR_LISTEN__PORT=str(port),
+        AUTHSIDECAR_LISTEN__SHUTDOWN_GRACE="2",
+        AUTHSIDECAR_ADMIN__HOST="127.0.0.1", AUTHSIDECAR_ADMIN__PORT=str(admin_port),
+        AUTHSIDECAR_UPSTREAM__URL=echo_upstream, AUTHSIDECAR_COOKIES__SECRET_FILE=str(cookie_secret),
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sidecar", "serve", "--config", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )
+    seen: list[str] = []
+    try:
+        assert proc.stdout is not None
+        await asyncio.wait_for(read_until(proc.stdout, "listening", seen), timeout=20)
+        await wait_ready(f"http://127.0.0.1:{admin_port}")
+
+        token = dev_provider.mint_access_token("alice")
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/api",
+                                   headers={"Authorization": f"Bearer {token}"}) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["identity"]["X-User-Name"] == "alice"
+            async with session.get(f"http://127.0.0.1:{port}/api") as resp:
+                assert resp.status == 401
+
+        os.kill(proc.pid, signal.SIGTERM)
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+    assert proc.returncode == 0
+    events = [json.loads(line)["event"] for line in [*seen, *out.decode().splitlines()] if line.strip()]
+    assert events[-2:] == ["shutting_down", "stopped"]
+    assert "Traceback" not in err.decode()
+    assert COOKIE_SECRET not in "".join(seen) + out.decode() + err.decode()
+    assert token not in "".join(seen) + out.decode()
+
+
+class HeldApp:
+    """An app whose /held answers only once released, to keep a request in flight."""
+
+    def __init__(self) -> None:
+        self.arrived = asyncio.Event()
+        self.release = asyncio.Event()
+        self.url = ""
+
+    async def held(self, request: web.Request) -> web.Response:
+        self.arrived.set()
+        await self.release.wait()
+        return web.Response(text="finished")
+
+
+@pytest.fixture
+async def held_app() -> AsyncIterator[HeldApp]:
+    held = HeldApp()
+    app = web.Application()
+    app.router.add_get("/held", held.held)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    held.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        yield held
+    finally:
+        held.release.set()
+        await runner.cleanup()
+
+
+async def test_serve_lets_an_in_flight_request_finish_after_sigterm(
+    tmp_path: Path, dev_provider: DevProvider, held_app: HeldApp
+) -> None:
+    issuer = dev_provider.issuer
+    port, admin_port = unused_port(), unused_port()
+    path = write(tmp_path, {
+        "dev_mode": True,
+        "listen": {"host": "127.0.0.1", "port": port, "shutdown_grace": 10},
+        "admin": {"host": "127.0.0.1", "port": admin_port},
+        "upstream": {"url": held_app.url},
+        "oidc": {"issuer": issuer, "provider": "cognito", "cognito_domain": issuer,
+                 "client_id": dev_provider.config.client_id},
+        "callback_url": f"http://127.0.0.1:{port}/auth/callback",
+        "app_url": f"http://127.0.0.1:{port}/",
+        "cookies": {"secure": False, "secret": COOKIE_SECRET},
+    })
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sidecar", "serve", "--config", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=clean_env(),
+    )
+    seen: list[str] = []
+    try:
+        assert proc.stdout is not None
+        await asyncio.wait_for(read_until(proc.stdout, "listening", seen), timeout=20)
+        await wait_ready(f"http://127.0.0.1:{admin_port}")
+        async with aiohttp.ClientSession() as session:
+
+            async def in_flight() -> tuple[int, str]:
+                headers = {"Authorization": f"Bearer {dev_provider.mint_access_token('bob')}"}
+                async with session.get(f"http://127.0.0.1:{port}/held", headers=headers) as resp:
+                    return resp.status, await resp.text()
+
+            request = asyncio.create_task(in_flight())
+            await asyncio.wait_for(held_app.arrived.wait(), timeout=10)
+            os.kill(proc.pid, signal.SIGTERM)
+            await asyncio.wait_for(read_until(proc.stdout, "shutting_down", seen), timeout=10)
+            assert not request.done()
+            async with session.get(f"http://127.0.0.1:{admin_port}/readyz") as ready:
+                assert ready.status == 503
+                assert await ready.json() == {"status": "not_ready", "reason": "shutting_down"}
+
+            held_app.release.set()
+            assert await asyncio.wait_for(request, timeout=10) == (200, "finished")
+        await asyncio.wait_for(proc.wait(), timeout=20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+    assert proc.returncode == 0
