@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from sidecar.keys import RUNTIME
 from sidecar.runtime import Runtime
@@ -25,6 +27,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     registry = request.app[RUNTIME].metrics.registry
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # One scrape sees every worker of `serve --workers N` (prometheus-client multiprocess mode).
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -61,7 +61,7 @@ def create_app(
 
     middlewares = [
         # 1. request id, metrics, access log, and SidecarError -> HTTP in one place.
-        edge_middleware(metrics, log, mapper, access_log=True),
+        edge_middleware(metrics, log, mapper, access_log=settings.logging.access_log),
     ]
     if cors:
         # 2. CORS preflights for the allowed origins, answered before any authentication.

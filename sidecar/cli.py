@@ -18,6 +18,7 @@ from typing import Any
 from sidecar import __version__
 from sidecar.config import Settings, load_settings, redacted
 from sidecar.errors import ConfigError
+from sidecar.supervisor import WORKER_FLAG
 
 EXIT_CONFIG = 2
 
@@ -29,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     default_config = os.environ.get("AUTHSIDECAR_CONFIG")
     serve = sub.add_parser("serve", help="run the sidecar")
     serve.add_argument("--config", default=default_config, help="YAML file (env: AUTHSIDECAR_CONFIG)")
+    serve.add_argument("--workers", type=int, default=None,
+                       help="processes sharing the ports (default: the config's workers, 1)")
+    serve.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
     check = sub.add_parser("check-config", help="validate and print the effective config, secrets masked")
     check.add_argument("--config", default=default_config, help="YAML file (env: AUTHSIDECAR_CONFIG)")
     dev = sub.add_parser("dev", help="run a dev provider, a demo app and the sidecar on this machine")
@@ -44,28 +48,33 @@ def _config_error(exc: ConfigError) -> int:
     return EXIT_CONFIG
 
 
-def _run(coro_factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+def _run(coro_factory: Callable[[], Coroutine[Any, Any, int | None]]) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a hard dependency except on Windows
-        asyncio.run(coro_factory())
-    else:
-        uvloop.run(coro_factory())
+        return asyncio.run(coro_factory()) or 0
+    return uvloop.run(coro_factory()) or 0
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     from sidecar.app import create_admin_app, create_app
     from sidecar.keys import RUNTIME
     from sidecar.server import Sidecar
 
     app = create_app(settings)
     runtime = app[RUNTIME]
-    sidecar = Sidecar(app, create_admin_app(runtime), settings)
+    sidecar = Sidecar(app, create_admin_app(runtime), settings, reuse_port=reuse_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await sidecar.start()
+    try:
+        await sidecar.start()
+    except OSError as exc:
+        # Port taken, address not available: one line, not a traceback.
+        await sidecar.stop()
+        print(f"authsidecar: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     runtime.log.info("listening", port=sidecar.port, admin_port=sidecar.admin_port,
                      upstream=settings.upstream.url, issuer=settings.oidc.issuer)
     await stop.wait()
@@ -73,6 +82,7 @@ async def serve(settings: Settings) -> None:
     runtime.closing = True
     await sidecar.stop()
     runtime.log.info("stopped")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,8 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "dev":
         from sidecar.dev.run import run_dev
 
-        _run(lambda: run_dev(host=args.host, port=args.port, admin_port=args.admin_port))
-        return 0
+        return _run(lambda: run_dev(host=args.host, port=args.port, admin_port=args.admin_port))
     try:
         settings = load_settings(args.config, os.environ)
     except ConfigError as exc:
@@ -89,5 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         print(json.dumps(redacted(settings), indent=2))
         return 0
-    _run(lambda: serve(settings))
-    return 0
+    workers = args.workers if args.workers is not None else settings.workers
+    if workers < 1:
+        print("authsidecar: config error: --workers: must be at least 1", file=sys.stderr)
+        return EXIT_CONFIG
+    if workers > 1 and not args.worker:
+        from sidecar.supervisor import supervise
+
+        return supervise(workers, ["--config", args.config] if args.config else [])
+    return _run(lambda: serve(settings, reuse_port=args.worker))

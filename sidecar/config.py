@@ -274,6 +274,8 @@ class Rule(Section):
 class LoggingSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
+    # One line per request (method, route class, status, durations, sub, request id).
+    access_log: bool = True
 
 
 class Settings(Section):
@@ -299,6 +301,8 @@ class Settings(Section):
     # An alias of /auth/me served at this path as well (e.g. "/me"); empty for none.
     me_alias: str | None = None
     logging: LoggingSettings = LoggingSettings()
+    # Processes sharing the ports (SO_REUSEPORT); `serve --workers N` overrides.
+    workers: int = Field(1, ge=1, le=64)
     # Development only: allows an http:// issuer and non-Secure cookies.
     dev_mode: bool = False
 

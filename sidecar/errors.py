@@ -6,6 +6,7 @@
     │   ├── TokenRejected                401: missing / malformed / expired / bad signature / ...
     │   ├── CsrfRejected                 403: double-submit token or Origin check failed
     │   ├── Forbidden                    403: an authorization rule refused the identity
+    │   ├── AmbiguousPath                400: a dot segment the app might resolve unlike the rules
     │   └── FlowRejected                 400: a broken login transaction (state, replay, ...)
     ├── ProviderError(reason)            502/503: the OpenID provider failed or is unreachable
     │   └── RefreshFailed                401: the provider refused the refresh token (invalid_grant)
@@ -63,6 +64,13 @@ class Forbidden(AuthRejected):
 
     status = 403
     error = "forbidden"
+
+
+class AmbiguousPath(AuthRejected):
+    """A path with a ``.``/``..`` segment: the app might resolve it differently from the rules."""
+
+    status = 400
+    error = "bad_request"
 
 
 class FlowRejected(AuthRejected):

@@ -28,6 +28,8 @@ RUNTIME: web.AppKey[Runtime] = web.AppKey("authsidecar.runtime")
 RESPONSE_HOOKS: web.RequestKey[list[Callable[[web.StreamResponse], None]]] = web.RequestKey(
     "authsidecar.response_hooks"
 )
+# Seconds until the app's response headers arrived (for the access log).
+UPSTREAM_SECONDS = web.RequestKey("authsidecar.upstream_seconds", float)
 REQUEST_ID = web.RequestKey("authsidecar.request_id", str)
 IDENTITY = web.RequestKey("authsidecar.identity", Identity)
 # Route class for metrics and logs: proxy | websocket | auth | preflight | other.

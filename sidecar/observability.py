@@ -14,7 +14,7 @@ from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from sidecar import __version__
 
@@ -92,8 +92,10 @@ class Metrics:
             p + "provider_errors_total", "Failed calls to the OpenID provider, by endpoint.",
             ["endpoint"], registry=registry,
         )
-        self.build = Info(p + "build", "Build information.", registry=registry)
-        self.build.info({"version": __version__})
+        # A gauge rather than an Info: Info is not supported in multiprocess mode.
+        self.build = Gauge(p + "build_info", "Build information (always 1).", ["version"],
+                           registry=registry, multiprocess_mode="max")
+        self.build.labels(__version__).set(1)
 
 
 # --- logging -------------------------------------------------------------------------------------

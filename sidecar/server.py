@@ -67,8 +67,11 @@ def tls_context(cert: Any, key: Any) -> ssl.SSLContext:
 class Sidecar:
     """Both listeners of one sidecar process, started and stopped together."""
 
-    def __init__(self, app: web.Application, admin_app: web.Application, settings: Any) -> None:
+    def __init__(self, app: web.Application, admin_app: web.Application, settings: Any,
+                 *, reuse_port: bool = False) -> None:
         self.settings = settings
+        # Workers of `serve --workers N` share both ports; the kernel spreads connections.
+        self.reuse_port = reuse_port or None
         listen = settings.listen
         self.runner = SafeAppRunner(
             app, handle_signals=False, access_log=None, shutdown_timeout=listen.shutdown_grace
@@ -81,11 +84,12 @@ class Sidecar:
         listen, adm = self.settings.listen, self.settings.admin
         ctx = tls_context(listen.tls_cert, listen.tls_key) if listen.tls_cert else None
         await self.runner.setup()
-        site = web.TCPSite(self.runner, listen.host, listen.port, ssl_context=ctx)
+        site = web.TCPSite(self.runner, listen.host, listen.port, ssl_context=ctx,
+                           reuse_port=self.reuse_port)
         await site.start()
         self.port = _bound_port(self.runner)
         await self.admin_runner.setup()
-        await web.TCPSite(self.admin_runner, adm.host, adm.port).start()
+        await web.TCPSite(self.admin_runner, adm.host, adm.port, reuse_port=self.reuse_port).start()
         self.admin_port = _bound_port(self.admin_runner)
 
     async def stop(self) -> None:

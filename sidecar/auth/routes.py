@@ -27,6 +27,12 @@ from sidecar.oidc.discovery import ProviderMetadata, authorize_url, logout_redir
 _ERROR_CODE = re.compile(r"[a-z_]{1,64}")
 _PASSTHROUGH_VALUE = re.compile(r"[\x21-\x7e ]{1,256}")
 
+# The routes below and their methods, for a 405 rather than a 404 on a known path.
+_METHODS = {
+    "/auth/login": ["GET"], "/auth/callback": ["GET"], "/auth/refresh": ["POST"],
+    "/auth/logout": ["GET", "POST"], "/auth/me": ["GET"],
+}
+
 _CONFIRM_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Sign out?</title></head>
 <body><h1>Sign out?</h1><p>Another site asked to sign you out.</p>
 <form method="get" action="{action}"><button type="submit">Sign out</button></form>
@@ -64,6 +70,9 @@ class AuthRoutes:
         router.add_get("/auth/me", self.me)
         if me_alias:
             router.add_get(me_alias, self.me)
+        # /auth/* belongs to the sidecar: nothing under it reaches the app.
+        router.add_route("*", "/auth/{tail:.*}", self.unknown)
+
 
     @property
     def meta(self) -> ProviderMetadata:
@@ -74,6 +83,13 @@ class AuthRoutes:
 
     def _event(self, event: str, outcome: str) -> None:
         self.metrics.flow_events.labels(event, outcome).inc()
+
+    async def unknown(self, request: web.Request) -> web.StreamResponse:
+        request[ROUTE_CLASS] = "auth"
+        allowed = _METHODS.get(request.path)
+        if allowed is not None:
+            raise web.HTTPMethodNotAllowed(request.method, allowed)
+        raise web.HTTPNotFound()
 
     # -- login ----------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from yarl import URL
 
 from sidecar.config import UpstreamSettings
 from sidecar.errors import UpstreamError
+from sidecar.keys import UPSTREAM_SECONDS
 from sidecar.observability import Metrics
 from sidecar.proxy.headers import response_headers
 
@@ -126,7 +127,9 @@ class Forwarder:
                 # failure. 499 is nginx's "client closed request"; nobody receives it.
                 return web.Response(status=CLIENT_CLOSED)
             raise self._failure(exc) from exc
-        self._observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self._observe(elapsed)
+        request[UPSTREAM_SECONDS] = elapsed
 
         status = upstream.status
         out_headers = response_headers(upstream.headers)

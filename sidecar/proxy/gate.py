@@ -15,12 +15,12 @@ from aiohttp import web
 from sidecar.auth.cookies import join as join_cookie
 from sidecar.auth.flow import UNSAFE, SessionService
 from sidecar.config import Settings
-from sidecar.errors import CsrfRejected, Forbidden, ProviderError, TokenRejected
+from sidecar.errors import AmbiguousPath, CsrfRejected, Forbidden, ProviderError, TokenRejected
 from sidecar.identity import Identity
 from sidecar.keys import IDENTITY, REQUEST_ID, ROUTE_CLASS
 from sidecar.proxy.forward import is_websocket
 from sidecar.proxy.headers import HeaderPolicy
-from sidecar.proxy.rules import AmbiguousPath, PathSet, RuleSet, check_path
+from sidecar.proxy.rules import PathSet, RuleSet, check_path
 from sidecar.runtime import Runtime
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})

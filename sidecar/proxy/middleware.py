@@ -26,7 +26,7 @@ from sidecar.errors import (
     TokenRejected,
     UpstreamError,
 )
-from sidecar.keys import REQUEST_ID, RESPONSE_HOOKS, ROUTE_CLASS
+from sidecar.keys import IDENTITY, REQUEST_ID, RESPONSE_HOOKS, ROUTE_CLASS, UPSTREAM_SECONDS
 from sidecar.observability import Metrics
 from sidecar.proxy.cors import CorsPolicy
 
@@ -148,9 +148,13 @@ def edge_middleware(metrics: Metrics, log: Any, mapper: ErrorMapper, *, access_l
                 counter = counters[key] = requests.labels(route, str(status))
             counter.inc()
             if access_log:
+                identity = request.get(IDENTITY)
+                upstream = request.get(UPSTREAM_SECONDS)
                 log.info(
                     "request", method=request.method, route=route, status=status,
-                    duration_ms=round((time.perf_counter() - start) * 1000, 3), request_id=rid,
+                    duration_ms=round((time.perf_counter() - start) * 1000, 3),
+                    upstream_ms=None if upstream is None else round(upstream * 1000, 3),
+                    sub=None if identity is None else identity.sub, request_id=rid,
                 )
 
     return edge
@@ -213,7 +217,8 @@ def response_decorator(cors: CorsPolicy | None) -> Decorator:
                 hook(response)
         if request.path.startswith("/auth/"):
             headers["Cache-Control"] = NO_STORE
-        if cors:
+        if cors and request.get(ROUTE_CLASS) != "preflight":
+            # (A preflight carries its own answer; a refused one must carry no CORS header at all.)
             origin = request.headers.get("Origin")
             if origin is not None and cors.allows(origin):
                 headers.update(cors.actual(origin))

@@ -22,20 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.config import Rule
-from sidecar.errors import AuthRejected, Forbidden
+from sidecar.errors import AmbiguousPath, Forbidden
 from sidecar.identity import Identity
 
 # A "." or ".." segment, also with ";parameters" (Tomcat's "..;") or between backslashes (IIS).
 _DOT_SEGMENT = re.compile(r"(?:^|[/\\])\.{1,2}(?:;[^/\\]*)?(?=[/\\]|\Z)")
 _SLASHES = re.compile(r"//+")
 _PARAMS = re.compile(r";[^/]*")
-
-
-class AmbiguousPath(AuthRejected):
-    """400: the path has a dot segment, which the app might resolve differently from the rules."""
-
-    status = 400
-    error = "bad_request"
 
 
 def check_path(path: str) -> None:
