@@ -198,6 +198,10 @@ class CorsSettings(Section):
 class CsrfSettings(Section):
     header: str = "X-XSRF-TOKEN"
     cookie: str = "XSRF-TOKEN"
+    # Domain of the XSRF-TOKEN cookie alone (default: cookies.domain). With an SPA on app.example.com
+    # and the sidecar on api.example.com, set "example.com" here so the SPA's JavaScript can read the
+    # CSRF token, while the token cookies stay host-only on the sidecar's host.
+    cookie_domain: str | None = None
     exempt_paths: tuple[str, ...] = ()
 
 

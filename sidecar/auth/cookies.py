@@ -142,8 +142,9 @@ class CookiePolicy:
                 # The callback is a cross-site navigation from the provider: a Strict cookie would not
                 # come back with it (RFC 6265bis, SameSite). Lax is sent on a top-level GET.
                 attrs["samesite"] = "Lax"
-            if cookies.domain:
-                attrs["domain"] = cookies.domain
+            domain = (csrf.cookie_domain or cookies.domain) if kind == "xsrf" else cookies.domain
+            if domain:
+                attrs["domain"] = domain
             self._check_prefix(self.names.of(kind), attrs)
             self._base[kind] = attrs
 

@@ -350,3 +350,22 @@ def test_stale_names_what_the_new_value_will_not_overwrite(present, new_count, e
 def test_stale_refuses_a_negative_count():
     with pytest.raises(ValueError, match="negative"):
         stale("t", [], -1)
+
+
+@pytest.mark.parametrize(
+    ("cookie_domain", "csrf_domain", "token_domain", "xsrf_domain"),
+    [
+        pytest.param(None, None, None, None, id="host-only"),
+        pytest.param("example.com", None, "example.com", "example.com", id="shared-cookies"),
+        pytest.param(None, "example.com", None, "example.com", id="only-the-csrf-cookie-shared"),
+    ],
+)
+def test_the_csrf_cookie_can_be_shared_while_token_cookies_stay_host_only(
+    cookie_domain, csrf_domain, token_domain, xsrf_domain
+):
+    policy = CookiePolicy(CookieSettings(domain=cookie_domain),
+                          CsrfSettings(cookie_domain=csrf_domain))
+    for kind in ("access", "id", "refresh", "tx"):
+        assert policy.attrs(kind, remaining=60).get("domain") == token_domain, kind
+    assert policy.attrs("xsrf").get("domain") == xsrf_domain
+    assert policy.clear_attrs("xsrf").get("domain") == xsrf_domain

@@ -231,7 +231,10 @@ async def topology(certificates: Certificates) -> AsyncIterator[Topology]:
                 "callback_url": f"{api}/auth/callback",
                 "app_url": f"{app}/",
                 "allowed_return_origins": [app],
-                "cookies": {"secure": True, "same_site": "lax", "domain": COOKIE_DOMAIN},
+                # Token cookies host-only on the API host; only the CSRF cookie is shared with the
+                # SPA's host, whose JavaScript must read it.
+                "cookies": {"secure": True, "same_site": "lax"},
+                "csrf": {"cookie_domain": COOKIE_DOMAIN},
                 "cors": {"allowed_origins": [app]},
                 "logging": {"level": "info", "format": "json"},
             },
