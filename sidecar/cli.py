@@ -59,6 +59,7 @@ def _run(coro_factory: Callable[[], Coroutine[Any, Any, int | None]]) -> int:
 async def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     from sidecar.app import create_admin_app, create_app
     from sidecar.keys import RUNTIME
+    from sidecar.observability import flush_logs
     from sidecar.server import Sidecar
 
     app = create_app(settings)
@@ -82,6 +83,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     runtime.closing = True
     await sidecar.stop()
     runtime.log.info("stopped")
+    flush_logs(runtime.log)
     return 0
 
 

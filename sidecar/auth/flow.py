@@ -28,6 +28,7 @@ from sidecar.oidc.tokens import TokenValidator
 from sidecar.runtime import Runtime
 
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_ENRICHED_MAX = 10000
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,8 @@ class SessionService:
         self.refresh_path = settings.cookies.refresh_token_path.rstrip("/") + "/"
         metrics = runtime.metrics
         self._csrf_rejections = metrics.csrf_rejections
+        # (id of the access token's Identity, ID token) -> (that Identity, the enriched one).
+        self._enriched: dict[tuple[int, str], tuple[Identity, Identity]] = {}
 
     # -- runtime pieces that exist once the provider is connected ---------------------------------
 
@@ -155,11 +158,22 @@ class SessionService:
         id_token = self.cookies.read(present, "id")
         if not id_token:
             return identity
+        # The same (identity, ID token) pair comes back on every request of a session: remember
+        # the result, so the hot path neither re-checks the ID token nor builds a new Identity
+        # (whose identity-header block downstream is cached per object).
+        key = (id(identity), id_token)
+        hit = self._enriched.get(key)
+        if hit is not None and hit[0] is identity:
+            return hit[1]
         try:
             claims = await self.validator.id_token(id_token)
         except TokenRejected:
             return identity
-        return with_id_claims(identity, claims)
+        enriched = with_id_claims(identity, claims)
+        if len(self._enriched) >= _ENRICHED_MAX:
+            self._enriched.clear()
+        self._enriched[key] = (identity, enriched)
+        return enriched
 
     # -- CSRF ---------------------------------------------------------------------------------------
 

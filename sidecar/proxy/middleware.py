@@ -7,6 +7,7 @@ request takes one straight path.
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 import uuid
@@ -27,7 +28,7 @@ from sidecar.errors import (
     UpstreamError,
 )
 from sidecar.keys import IDENTITY, REQUEST_ID, RESPONSE_HOOKS, ROUTE_CLASS, UPSTREAM_SECONDS
-from sidecar.observability import Metrics
+from sidecar.observability import AccessLog, Metrics
 from sidecar.proxy.cors import CorsPolicy
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -114,13 +115,18 @@ def edge_middleware(metrics: Metrics, log: Any, mapper: ErrorMapper, *, access_l
     """Outermost link: request id in and out, in-flight gauge, status counter, access log, errors."""
     requests = metrics.requests
     in_flight = metrics.in_flight
+    access = AccessLog(log, access_log)
     counters: dict[tuple[str, int], Any] = {}
+    # Request ids: a random per-process prefix and a counter. Unique without a syscall per request
+    # (uuid4 reads os.urandom every time); they identify, they are not secrets.
+    prefix = uuid.uuid4().hex[:16]
+    sequence = itertools.count(1)
 
     @web.middleware
     async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         rid = request.headers.get("X-Request-Id")
         if rid is None or _REQUEST_ID.fullmatch(rid) is None:
-            rid = uuid.uuid4().hex
+            rid = f"{prefix}{next(sequence):x}"
         request[REQUEST_ID] = rid
         start = time.perf_counter()
         in_flight.inc()
@@ -147,14 +153,13 @@ def edge_middleware(metrics: Metrics, log: Any, mapper: ErrorMapper, *, access_l
             if counter is None:
                 counter = counters[key] = requests.labels(route, str(status))
             counter.inc()
-            if access_log:
+            if access.enabled:
                 identity = request.get(IDENTITY)
                 upstream = request.get(UPSTREAM_SECONDS)
-                log.info(
-                    "request", method=request.method, route=route, status=status,
-                    duration_ms=round((time.perf_counter() - start) * 1000, 3),
-                    upstream_ms=None if upstream is None else round(upstream * 1000, 3),
-                    sub=None if identity is None else identity.sub, request_id=rid,
+                access(
+                    request.method, route, status, round((time.perf_counter() - start) * 1000, 3),
+                    None if upstream is None else round(upstream * 1000, 3),
+                    None if identity is None else identity.sub, rid,
                 )
 
     return edge

@@ -1,0 +1,85 @@
+"""Log lines: the access log's fast path, batching, and redaction."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import pytest
+
+from sidecar.observability import AccessLog, LineWriter, flush_logs, make_logger
+
+TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+
+
+def test_an_access_line_is_one_json_object_with_the_request_fields() -> None:
+    stream = io.StringIO()
+    access = AccessLog(make_logger("info", "json", stream), enabled=True)
+    access("GET", "proxy", 200, 1.5, 0.7, "sub-1", "rid-1")
+    line = json.loads(stream.getvalue())
+    assert line == {
+        "method": "GET", "route": "proxy", "status": 200, "duration_ms": 1.5, "upstream_ms": 0.7,
+        "sub": "sub-1", "request_id": "rid-1", "event": "request", "level": "info", "ts": line["ts"],
+    }
+    assert line["ts"].endswith("Z")
+
+
+@pytest.mark.parametrize(
+    ("method", "request_id"),
+    [pytest.param(TOKEN, "rid", id="token-as-method"), pytest.param("GET", TOKEN, id="token-as-request-id")],
+)
+def test_a_token_smuggled_into_an_access_field_is_masked(method: str, request_id: str) -> None:
+    stream = io.StringIO()
+    AccessLog(make_logger("info", "json", stream), enabled=True)(method, "proxy", 401, 1.0, None, None,
+                                                                 request_id)
+    assert TOKEN not in stream.getvalue()
+    assert "[redacted-jwt]" in stream.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("level", "enabled", "written"),
+    [pytest.param("info", True, True, id="on"), pytest.param("info", False, False, id="switched-off"),
+     pytest.param("warning", True, False, id="level-above-info")],
+)
+def test_the_access_log_follows_its_switch_and_the_level(level: str, enabled: bool, written: bool) -> None:
+    stream = io.StringIO()
+    AccessLog(make_logger(level, "json", stream), enabled=enabled)("GET", "proxy", 200, 1.0, None, None, "r")
+    assert bool(stream.getvalue()) is written
+
+
+def test_the_console_format_goes_through_structlog() -> None:
+    stream = io.StringIO()
+    AccessLog(make_logger("info", "console", stream), enabled=True)("GET", "proxy", 200, 1.0, None, None, "r")
+    assert "request" in stream.getvalue()
+    assert not stream.getvalue().startswith("{")
+
+
+async def test_batched_lines_go_out_together_after_a_short_delay() -> None:
+    stream = io.StringIO()
+    writer = LineWriter(stream, batched=True, delay=0.01)
+    writer.write("one")
+    writer.write("two")
+    assert stream.getvalue() == ""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    loop.call_later(0.02, done.set_result, None)  # after the writer's own timer
+    await done
+    assert stream.getvalue() == "one\ntwo\n"
+
+
+async def test_flush_logs_sends_what_a_batched_logger_holds() -> None:
+    stream = io.StringIO()
+    log = make_logger("info", "json", stream, batched=True)
+    log.info("stopped", secret_value="s3cr3t")
+    assert stream.getvalue() == ""
+    flush_logs(log)
+    line = json.loads(stream.getvalue())
+    assert line["event"] == "stopped"
+    assert line["secret_value"] == "[redacted]"
+
+
+def test_without_a_running_loop_a_batched_line_is_written_at_once() -> None:
+    stream = io.StringIO()
+    LineWriter(stream, batched=True).write("early")
+    assert stream.getvalue() == "early\n"
