@@ -88,8 +88,12 @@ class Runtime:
         )
         # The provider's exact issuer string (discovery tolerates a trailing-slash difference).
         policy = dataclasses.replace(TokenPolicy.from_settings(oidc), issuer=meta.issuer)
+        # Identity.claims carries only what rules and extra identity headers read.
+        keep = {name for rule in self.settings.rules for name in rule.claims}
+        keep |= set(self.settings.identity_headers.claims)
         self.validator = TokenValidator(
-            policy, self.jwks, self.clock, self.metrics, self.settings.tokens.validation_cache_size
+            policy, self.jwks, self.clock, self.metrics, self.settings.tokens.validation_cache_size,
+            keep_claims=keep,
         )
         secret = oidc.client_secret.get_secret_value() if oidc.client_secret else None
         self.client = OidcClient(self.session, meta, oidc.client_id, secret, oidc.timeout, self.metrics)

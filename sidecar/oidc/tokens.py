@@ -23,7 +23,7 @@ import math
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
@@ -166,8 +166,20 @@ def _optional_str(claims: Mapping[str, Any], *names: str) -> str | None:
     return None
 
 
-def identity_from_claims(claims: Mapping[str, Any]) -> Identity:
-    """The :class:`Identity` an access token describes (claims already checked)."""
+_NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
+
+
+def identity_from_claims(claims: Mapping[str, Any], keep: Collection[str] | None = None) -> Identity:
+    """The :class:`Identity` an access token describes (claims already checked).
+
+    ``keep``: the claims to carry in ``Identity.claims`` (those rules and extra identity headers
+    read); None keeps all. A cached identity then costs hundreds of bytes, not a copy of the token.
+    """
+    if keep is None:
+        kept: Mapping[str, Any] = MappingProxyType(dict(claims))
+    else:
+        subset = {name: claims[name] for name in keep if name in claims}
+        kept = MappingProxyType(subset) if subset else _NO_CLAIMS
     return Identity(
         sub=claims["sub"],
         username=_optional_str(claims, "username", "cognito:username"),
@@ -175,7 +187,7 @@ def identity_from_claims(claims: Mapping[str, Any]) -> Identity:
         groups=_strings(claims, "cognito:groups", "groups"),
         scopes=_strings(claims, "scope", "scp", split=True),
         expires_at=int(claims["exp"]),
-        claims=MappingProxyType(dict(claims)),
+        claims=kept,
     )
 
 
@@ -222,9 +234,11 @@ class TokenValidator:
     """
 
     def __init__(
-        self, policy: TokenPolicy, jwks: JwksCache, clock: Clock, metrics: Metrics, cache_size: int
+        self, policy: TokenPolicy, jwks: JwksCache, clock: Clock, metrics: Metrics, cache_size: int,
+        keep_claims: Collection[str] | None = None,
     ) -> None:
         self._policy = policy
+        self._keep = None if keep_claims is None else frozenset(keep_claims)
         self._jwks = jwks
         self._clock = clock
         self._metrics = metrics
@@ -250,7 +264,7 @@ class TokenValidator:
         if identity is not None:
             return identity
         claims, kid = await self._verify(token, "access", None)
-        identity = identity_from_claims(claims)
+        identity = identity_from_claims(claims, self._keep)
         self._store(_ACCESS, token, identity, claims["exp"], kid)
         return identity
 

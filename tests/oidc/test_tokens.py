@@ -507,3 +507,12 @@ async def test_zero_usable_keys_response_keeps_old_set(
     jwks_server.mode, jwks_server.custom = "custom", {"keys": [{"kty": "RSA", "kid": "key-a", "use": "enc"}]}
     assert await jwks.refresh() is False
     assert await validator.access(mint(access_claims(), key=rsa_a))
+
+
+def test_an_identity_keeps_only_the_claims_it_is_asked_to_keep() -> None:
+    claims = {"sub": "s", "exp": 2_000_000_000, "custom:tier": "gold", "jti": "j", "scope": "openid"}
+    kept = identity_from_claims(claims, keep={"custom:tier", "absent"})
+    assert dict(kept.claims) == {"custom:tier": "gold"}
+    assert kept.scopes == ("openid",)
+    assert dict(identity_from_claims(claims, keep=set()).claims) == {}
+    assert dict(identity_from_claims(claims).claims) == claims
