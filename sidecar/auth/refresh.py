@@ -51,11 +51,16 @@ class SingleFlight(Generic[T]):
         if future.cancelled() or future.exception() is not None:
             return
         now = self._clock()
-        if len(self._recent) >= self._max:
-            self._recent = {k: v for k, v in self._recent.items() if v[0] > now}
-            if len(self._recent) >= self._max:
-                self._recent.clear()
-        self._recent[key] = (now + self._linger, future.result())
+        # Every entry lingers equally long, so insertion order is expiry order: drop expired ones
+        # from the front (they hold tokens; nothing should keep them past the window).
+        recent = self._recent
+        while recent:
+            oldest = next(iter(recent))
+            if recent[oldest][0] > now and len(recent) < self._max:
+                break
+            del recent[oldest]
+        recent.pop(key, None)
+        recent[key] = (now + self._linger, future.result())
 
     async def close(self) -> None:
         for future in list(self._inflight.values()):

@@ -263,6 +263,10 @@ class TokenValidator:
         identity = self.cached(token)
         if identity is not None:
             return identity
+        return await self.verify_access(token)
+
+    async def verify_access(self, token: str) -> Identity:
+        """Verify and cache, without looking in the cache first (the caller just missed it)."""
         claims, kid = await self._verify(token, "access", None)
         identity = identity_from_claims(claims, self._keep)
         self._store(_ACCESS, token, identity, claims["exp"], kid)

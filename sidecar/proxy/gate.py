@@ -92,7 +92,7 @@ class Gate:
             raise ProviderError("not_ready")
         identity = validator.cached(token)
         if identity is None:
-            identity = await validator.access(token)
+            identity = await validator.verify_access(token)
         return identity
 
     async def authenticate(self, request: web.Request, token: str | None, source: str) -> Identity:

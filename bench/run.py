@@ -1,0 +1,204 @@
+"""Benchmark authsidecar against the floor of its design and against C proxies, on loopback.
+
+    .venv/bin/python bench/run.py [--quick] [--scenarios cookie,users,...] [--targets authsidecar,bare]
+                                  [--profile SECONDS] [--out bench/RESULTS.md]
+
+Starts a raw-asyncio upstream (bench/upstream.py), the dev provider (in this process, real clock),
+and in front of the upstream: authsidecar (``authsidecar serve``), the bare aiohttp proxy
+(bench/bare_proxy.py), HAProxy with ``jwt_verify`` and nginx when installed. The proxies run pinned
+to core 0; the upstream, the load generators, the provider and this harness to core 1. Each
+scenario runs rounds of short slices, one per target, the order rotating every round, so targets
+are compared under the same background load (A/B/A/B); ratios are medians of per-round ratios.
+Writes RESULTS.md. Everything is stopped by PID at the end, also on errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import BENCH, Bench
+from procs import LOAD_CORE, TARGET_CORE
+from profiling import profile_sidecar
+from results import machine, render
+from scenarios import BY_KEY, SCENARIOS
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="short slices and fewer rounds (under 2 minutes)"
+    )
+    parser.add_argument(
+        "--scenarios",
+        default=",".join([s.key for s in SCENARIOS] + ["micro"]),
+        help="comma-separated, from: " + ", ".join([s.key for s in SCENARIOS] + ["micro"]),
+    )
+    parser.add_argument(
+        "--targets",
+        default="authsidecar,authsidecar-quiet,bare,haproxy-jwt,nginx",
+        help="comma-separated subset of the default",
+    )
+    parser.add_argument(
+        "--profile",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="also profile authsidecar under the cookie load with py-spy for SECONDS",
+    )
+    parser.add_argument("--out", type=Path, default=BENCH / "RESULTS.md")
+    parser.add_argument("--max-minutes", type=float, default=15.0, help="stop starting new rounds after this")
+    args = parser.parse_args(argv)
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [s for s in args.scenarios if s not in BY_KEY and s != "micro"]
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(unknown)}")
+    args.targets = {t.strip() for t in args.targets.split(",") if t.strip()}
+    if args.quick:
+        args.targets.discard("authsidecar-quiet")
+    if "halfrate" in args.scenarios:
+        args.targets.add("bare")
+    defaults = parser.get_default("scenarios").split(",")
+    if args.quick and args.scenarios == defaults:
+        args.scenarios = [s for s in defaults if s not in ("halfrate-sidecar", "cookie-2w")]
+    if "cookie-2w" in args.scenarios and not sidecar_has_workers():
+        args.scenarios.remove("cookie-2w")
+    return args
+
+
+def sidecar_has_workers() -> bool:
+    from sidecar.config import Settings
+
+    return "workers" in Settings.model_fields
+
+
+def _workers_note(bench: Bench) -> str:
+    if not sidecar_has_workers():
+        return (
+            "One worker (one process, one thread) for every target. 2-worker rows are skipped: "
+            "authsidecar has no workers setting (`authsidecar serve --help`, no `workers` config key)."
+        )
+    if "cookie-2w" not in bench.scenario_keys:
+        return "One worker for every target; the 2-worker scenario `cookie-2w` was not run this time."
+    return (
+        "One worker for every target, except in `cookie-2w`: two workers each, on both cores (shared "
+        "with the load side)."
+    )
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    if len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(0, {LOAD_CORE})
+    started, load_start = time.monotonic(), _loadavg()
+    workdir = Path(tempfile.mkdtemp(prefix="authsidecar-bench-"))
+    bench = Bench(args, workdir)
+    run: dict[str, Any] = {"scenarios": {}}
+    ok = False
+    try:
+        wanted = set(args.targets) | {"bare"}
+        await bench.setup(wanted)
+        for key in bench.scenario_keys:
+            sc = BY_KEY[key]
+            if sc.kind == "openloop":
+                if sc.rate_of not in bench.targets:
+                    bench.notes.append(f"{key}: skipped, {sc.rate_of} is not running.")
+                    continue
+                bench.half_rate = max(50.0, await bench.saturating_rate(run["scenarios"], sc.rate_of) / 2)
+            print(f"[bench] {key}: {sc.title}", flush=True)
+            run["scenarios"][key] = await bench.scenario(sc)
+            for note in run["scenarios"][key]["notes"]:
+                print(f"[bench]   note: {note}", flush=True)
+            for name, row in run["scenarios"][key]["summary"].items():
+                print(
+                    f"[bench]   {name:<18} {row['rate']:>9,.0f}/s  p99 {row['p99'] / 1000:7.2f} ms  "
+                    f"CPU {row['cpu_us']:7.1f} µs/op  errors {row['errors']}",
+                    flush=True,
+                )
+        if "micro" in args.scenarios and bench.fixture is not None:
+            print("[bench] micro: validator alone", flush=True)
+            run["micro"] = await bench.micro()
+        if args.profile > 0 and "authsidecar" in bench.targets and bench.fixture is not None:
+            print(f"[bench] profile: py-spy for {args.profile:.0f}s under the cookie load", flush=True)
+            run["profile"] = await profile_sidecar(
+                bench.targets["authsidecar"], bench.fixture.cookie, args.profile, workdir, BENCH / "out"
+            )
+        ok = True
+    finally:
+        await bench.teardown()
+        if ok:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"[bench] failed; logs kept in {workdir}", file=sys.stderr)
+    run.update(
+        command="bench/run.py " + shlex.join(sys.argv[1:]),
+        elapsed=time.monotonic() - started,
+        machine=machine(),
+        load_start=load_start,
+        load_end=_loadavg(),
+        memory=bench.memory,
+        method=_method(bench),
+        notes=[*bench.notes, _workers_note(bench), *_versions(bench)],
+    )
+    return run
+
+
+def _loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def _method(bench: Bench) -> list[str]:
+    p = bench.plan
+    return [
+        f"Cores: targets pinned to core {TARGET_CORE} (two-worker targets to all cores); upstream, wrk, "
+        f"the Python load generators, the dev provider and the harness to core {LOAD_CORE} (`taskset`).",
+        f"Each scenario: a {p.warmup} s warm-up per target (not recorded; with --quick only before wrk "
+        f"scenarios), then rounds of one {p.seconds} s slice per target ({p.headline_rounds} rounds for "
+        f"the cookie scenario, {p.openloop_rounds} for the open-loop ones, {p.rounds} for the others), "
+        "the order rotating every round. Throughput and latency: median over slices; CPU per request: "
+        "the target's utime+stime (/proc/PID/stat, whole process tree) over all its slices divided by "
+        "its completed requests.",
+        "Closed-loop load: wrk 4, one thread, keep-alive; latency percentiles from wrk's own histogram "
+        "through a Lua `done()` summary (bench/lua/). wrk counts non-2xx answers as errors: a target that "
+        "answered errors during its warm-up is left out of that scenario.",
+        "*Other load on target core*: how busy the target's core was with other processes during the "
+        "slices (from /proc/stat): this machine is shared, and any large figure here taints that row. "
+        "*Load core busy* near 100% means the load side, not the target, may have been the limit.",
+        "The upstream (bench/upstream.py) is a raw asyncio/uvloop HTTP server: 13-byte body, 1 MiB body, "
+        "upload sink, WebSocket echo.",
+    ]
+
+
+def _versions(bench: Bench) -> list[str]:
+    return [f"{t.name}: {t.version}" for t in bench.targets.values() if t.version]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    if shutil.which("wrk") is None:
+        print(
+            "bench: wrk is not installed (as root: apt-get install -y --no-install-recommends wrk haproxy "
+            "nginx)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        import uvloop
+    except ImportError:
+        run = asyncio.run(main_async(args))
+    else:
+        run = uvloop.run(main_async(args))
+    args.out.write_text(render(run))
+    print(f"[bench] wrote {args.out} in {run['elapsed'] / 60:.1f} minutes", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
