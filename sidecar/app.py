@@ -87,6 +87,8 @@ def create_app(
         flush_logs(log)
 
     async def on_shutdown(_app: web.Application) -> None:
+        # Sidecar.stop() already gave open WebSockets their grace period; whatever is left is
+        # closed with 1001 (going away).
         runtime.closing = True
         await runtime.forwarder.close_websockets()
 

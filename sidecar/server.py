@@ -18,6 +18,8 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from sidecar.keys import RUNTIME
+
 _quiet = logging.getLogger("authsidecar.server")
 
 
@@ -70,6 +72,7 @@ class Sidecar:
     def __init__(self, app: web.Application, admin_app: web.Application, settings: Any,
                  *, reuse_port: bool = False) -> None:
         self.settings = settings
+        self.app = app
         # Workers of `serve --workers N` share both ports; the kernel spreads connections.
         self.reuse_port = reuse_port or None
         listen = settings.listen
@@ -79,6 +82,7 @@ class Sidecar:
         self.admin_runner = SafeAppRunner(admin_app, handle_signals=False, access_log=None)
         self.port = 0
         self.admin_port = 0
+        self._stopped = False
 
     async def start(self) -> None:
         listen, adm = self.settings.listen, self.settings.admin
@@ -94,6 +98,19 @@ class Sidecar:
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (up to the grace period), release all."""
+        if self._stopped:
+            return
+        self._stopped = True
+        # 1. No new connections; readiness already reports shutting down.
+        for site in list(self.runner.sites):
+            await site.stop()
+        runtime = self.app.get(RUNTIME)
+        if runtime is not None:
+            runtime.closing = True
+            # 2. Open WebSockets get the grace period to end on their own, before aiohttp's own
+            # shutdown, which stops reading from every connection at once.
+            await runtime.forwarder.drain_websockets(self.settings.listen.shutdown_grace)
+        # 3. Idle connections closed, in-flight requests given the grace period, resources freed.
         await self.runner.cleanup()
         await self.admin_runner.cleanup()
 

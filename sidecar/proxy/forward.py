@@ -17,6 +17,7 @@ with ``Content-Length`` kept so a sized response stays sized for the client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Final
 
@@ -81,6 +82,9 @@ class Forwarder:
         }
         self._session: aiohttp.ClientSession | None = None
         self._websockets: set[_WSPair] = set()
+        # Set while no WebSocket is open: graceful shutdown waits on it.
+        self._no_websockets = asyncio.Event()
+        self._no_websockets.set()
 
     async def start(self) -> None:
         s = self._settings
@@ -241,6 +245,7 @@ class Forwarder:
         try:
             await client.prepare(request)
             self._websockets.add(pair)
+            self._no_websockets.clear()
             pumps = [
                 asyncio.create_task(_pump(client, app, gone=_WS_GOING_AWAY, lost=_WS_BAD_GATEWAY)),
                 asyncio.create_task(_pump(app, client, gone=_WS_BAD_GATEWAY, lost=_WS_GOING_AWAY)),
@@ -252,9 +257,18 @@ class Forwarder:
             for pump in pumps:
                 pump.cancel()  # no-op once finished; otherwise never leave one pumping alone
             self._websockets.discard(pair)
+            if not self._websockets:
+                self._no_websockets.set()
             if not app.closed:
                 await app.close(code=_WS_GOING_AWAY)
         return client
+
+    async def drain_websockets(self, grace: float) -> None:
+        """Let open WebSockets end on their own for up to ``grace`` seconds, then close the rest."""
+        if self._websockets:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._no_websockets.wait(), grace)
+        await self.close_websockets()
 
     async def close_websockets(self, code: int = _WS_GOING_AWAY) -> None:
         """Close every relayed WebSocket on both sides (graceful shutdown)."""

@@ -64,6 +64,7 @@ class Stack:
     admin: str  # the admin listener's URL
     logs: io.StringIO
     _exit: AsyncExitStack = field(repr=False)
+    sidecar: Sidecar | None = field(default=None, repr=False)
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -157,7 +158,7 @@ async def make_stack() -> AsyncIterator[StackFactory]:
             return Stack(
                 provider=provider, settings=settings, runtime=runtime, registry=registry, clock=clock,
                 upstream_stats=upstream_app[UPSTREAM_STATS], upstream_url=upstream_url, base=base,
-                admin=f"http://127.0.0.1:{sidecar.admin_port}", logs=logs, _exit=exits,
+                admin=f"http://127.0.0.1:{sidecar.admin_port}", logs=logs, _exit=exits, sidecar=sidecar,
             )
 
         yield start
