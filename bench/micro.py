@@ -46,7 +46,9 @@ class _Quiet:
 
 def _validator(jwks: JwksCache, issuer: str, metrics: Metrics, size: int) -> TokenValidator:
     oidc = OidcSettings(issuer=issuer, client_id=CLIENT_ID, provider="cognito", cognito_domain=issuer)
-    return TokenValidator(TokenPolicy.from_settings(oidc), jwks, time.time, metrics, size)
+    # keep_claims=(): what the sidecar keeps with the default configuration (no claim rules, no
+    # extra claim headers), as sidecar.runtime builds it.
+    return TokenValidator(TokenPolicy.from_settings(oidc), jwks, time.time, metrics, size, keep_claims=())
 
 
 async def measure(issuer: str, tokens: list[str]) -> dict[str, float]:

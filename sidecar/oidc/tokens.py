@@ -21,6 +21,7 @@ import hmac
 import json
 import math
 import re
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Collection, Mapping
@@ -143,15 +144,18 @@ def check_claims(
 
 
 def _strings(claims: Mapping[str, Any], *names: str, split: bool = False) -> tuple[str, ...]:
-    """The first present claim of ``names`` as a tuple of strings (a list, or space-separated)."""
+    """The first present claim of ``names`` as a tuple of strings (a list, or space-separated).
+
+    The strings are interned: every cached identity of a group or scope shares one copy.
+    """
     for name in names:
         value = claims.get(name)
         if value is None:
             continue
         if isinstance(value, str) and split:
-            return tuple(value.split())
+            return tuple(sys.intern(v) for v in value.split())
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return tuple(value)
+            return tuple(sys.intern(v) for v in value)
         raise TokenRejected("malformed", name)
     return ()
 
