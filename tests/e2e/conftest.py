@@ -26,7 +26,6 @@ import io
 import json
 import os
 import ssl
-import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from sidecar.dev.users import DEFAULT_USERS
 from sidecar.keys import RUNTIME
 from sidecar.observability import make_logger
 from sidecar.server import Sidecar
+from tests.flows.conftest import FakeClock
 
 CHROMIUM = Path(os.environ.get("AUTHSIDECAR_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -78,19 +78,6 @@ CHROMIUM_ARGS = (
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-class FakeClock:
-    """Shared by the provider (minting) and the sidecar (checking); starts at the real time."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
