@@ -10,6 +10,7 @@ logs only the status.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from http import HTTPStatus
 from typing import Any
@@ -70,9 +71,11 @@ class Sidecar:
     """Both listeners of one sidecar process, started and stopped together."""
 
     def __init__(self, app: web.Application, admin_app: web.Application, settings: Any,
-                 *, reuse_port: bool = False) -> None:
+                 *, reuse_port: bool = False, sock: socket.socket | None = None) -> None:
         self.settings = settings
         self.app = app
+        # An already bound listening socket for the proxied port (tests reserve the port up front).
+        self.sock = sock
         # Workers of `serve --workers N` share both ports; the kernel spreads connections.
         self.reuse_port = reuse_port or None
         listen = settings.listen
@@ -88,8 +91,12 @@ class Sidecar:
         listen, adm = self.settings.listen, self.settings.admin
         ctx = tls_context(listen.tls_cert, listen.tls_key) if listen.tls_cert else None
         await self.runner.setup()
-        site = web.TCPSite(self.runner, listen.host, listen.port, ssl_context=ctx,
-                           reuse_port=self.reuse_port)
+        site: web.BaseSite
+        if self.sock is not None:
+            site = web.SockSite(self.runner, self.sock, ssl_context=ctx)
+        else:
+            site = web.TCPSite(self.runner, listen.host, listen.port, ssl_context=ctx,
+                               reuse_port=self.reuse_port)
         await site.start()
         self.port = _bound_port(self.runner)
         await self.admin_runner.setup()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -36,7 +37,6 @@ import pytest
 import pytest_asyncio
 import trustme
 from aiohttp import web
-from aiohttp.test_utils import unused_port
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 from prometheus_client import CollectorRegistry
 
@@ -188,7 +188,12 @@ async def serve(exits: AsyncExitStack, app: web.Application, ssl_context: ssl.SS
 async def topology(certificates: Certificates) -> AsyncIterator[Topology]:
     async with AsyncExitStack() as exits:
         tls = certificates.server_context()
-        api_port = unused_port()
+        # Bound now and handed to the sidecar, so no other server here can take the port first.
+        api_sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        api_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        api_sock.bind(("127.0.0.1", 0))
+        exits.callback(api_sock.close)
+        api_port = api_sock.getsockname()[1]
         api = f"https://{API_HOST}:{api_port}"
         app_port = await serve(exits, create_spa_app(sidecar_base=api), tls)
         app = f"https://{APP_HOST}:{app_port}"
@@ -230,9 +235,9 @@ async def topology(certificates: Certificates) -> AsyncIterator[Topology]:
         logs = io.StringIO()
         log = make_logger(settings.logging.level, settings.logging.format, logs)
         sidecar_app = create_app(settings, clock=clock, registry=registry, log=log)
-        sidecar = Sidecar(sidecar_app, create_admin_app(sidecar_app[RUNTIME]), settings)
-        await sidecar.start()
+        sidecar = Sidecar(sidecar_app, create_admin_app(sidecar_app[RUNTIME]), settings, sock=api_sock)
         exits.push_async_callback(sidecar.stop)
+        await sidecar.start()
         await sidecar_app[RUNTIME].connected.wait()
         yield Topology(
             provider=provider, clock=clock, settings=settings, registry=registry,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -20,7 +21,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import unused_port
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
@@ -124,7 +124,13 @@ async def make_stack() -> AsyncIterator[StackFactory]:
 
         async def start(provider_config: dict[str, Any] | None = None, **overrides: Any) -> Stack:
             clock = FakeClock()
-            port = unused_port()
+            # Bound now and handed to the sidecar: a port merely looked up could be taken by the
+            # provider's or the upstream's own bind before the sidecar gets to it.
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", 0))
+            exits.callback(sock.close)
+            port = sock.getsockname()[1]
             base = f"http://127.0.0.1:{port}"
             config = ProviderConfig(
                 redirect_uris=(f"{base}/auth/callback",),
@@ -151,9 +157,9 @@ async def make_stack() -> AsyncIterator[StackFactory]:
             log = make_logger(settings.logging.level, settings.logging.format, logs)
             app = create_app(settings, clock=clock, registry=registry, log=log)
             runtime = app[RUNTIME]
-            sidecar = Sidecar(app, create_admin_app(runtime), settings)
-            await sidecar.start()
+            sidecar = Sidecar(app, create_admin_app(runtime), settings, sock=sock)
             exits.push_async_callback(sidecar.stop)
+            await sidecar.start()
             await runtime.connected.wait()
             return Stack(
                 provider=provider, settings=settings, runtime=runtime, registry=registry, clock=clock,
