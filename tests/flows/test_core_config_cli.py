@@ -312,6 +312,19 @@ async def echo_upstream() -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+def serve_config(provider: DevProvider, port: int, **extra: Any) -> dict[str, Any]:
+    """A dev-mode config for `serve` against ``provider``, public on 127.0.0.1:``port``."""
+    issuer = provider.issuer
+    return {
+        "dev_mode": True,
+        "oidc": {"issuer": issuer, "provider": "cognito", "cognito_domain": issuer,
+                 "client_id": provider.config.client_id},
+        "callback_url": f"http://127.0.0.1:{port}/auth/callback",
+        "app_url": f"http://127.0.0.1:{port}/",
+        **extra,
+    }
+
+
 async def read_until(stream: asyncio.StreamReader, event: str, seen: list[str]) -> None:
     """Read log lines until one with ``event``; every line read is kept in ``seen``."""
     while True:
@@ -339,16 +352,8 @@ async def wait_ready(admin: str) -> None:
 async def test_serve_starts_proxies_and_exits_0_on_sigterm(
     tmp_path: Path, dev_provider: DevProvider, echo_upstream: str
 ) -> None:
-    issuer = dev_provider.issuer
     port, admin_port = unused_port(), unused_port()
-    path = write(tmp_path, {
-        "dev_mode": True,
-        "oidc": {"issuer": issuer, "provider": "cognito", "cognito_domain": issuer,
-                 "client_id": dev_provider.config.client_id},
-        "callback_url": f"http://127.0.0.1:{port}/auth/callback",
-        "app_url": f"http://127.0.0.1:{port}/",
-        "cookies": {"secure": False},
-    })
+    path = write(tmp_path, serve_config(dev_provider, port, cookies={"secure": False}))
     cookie_secret = tmp_path / "cookie-secret"
     cookie_secret.write_text(COOKIE_SECRET + "\n", encoding="utf-8")
     env = clean_env(
@@ -424,19 +429,14 @@ async def held_app() -> AsyncIterator[HeldApp]:
 async def test_serve_lets_an_in_flight_request_finish_after_sigterm(
     tmp_path: Path, dev_provider: DevProvider, held_app: HeldApp
 ) -> None:
-    issuer = dev_provider.issuer
     port, admin_port = unused_port(), unused_port()
-    path = write(tmp_path, {
-        "dev_mode": True,
-        "listen": {"host": "127.0.0.1", "port": port, "shutdown_grace": 10},
-        "admin": {"host": "127.0.0.1", "port": admin_port},
-        "upstream": {"url": held_app.url},
-        "oidc": {"issuer": issuer, "provider": "cognito", "cognito_domain": issuer,
-                 "client_id": dev_provider.config.client_id},
-        "callback_url": f"http://127.0.0.1:{port}/auth/callback",
-        "app_url": f"http://127.0.0.1:{port}/",
-        "cookies": {"secure": False, "secret": COOKIE_SECRET},
-    })
+    path = write(tmp_path, serve_config(
+        dev_provider, port,
+        listen={"host": "127.0.0.1", "port": port, "shutdown_grace": 10},
+        admin={"host": "127.0.0.1", "port": admin_port},
+        upstream={"url": held_app.url},
+        cookies={"secure": False, "secret": COOKIE_SECRET},
+    ))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sidecar", "serve", "--config", str(path),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=clean_env(),

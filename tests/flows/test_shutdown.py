@@ -6,17 +6,22 @@ import asyncio
 
 import aiohttp
 
-from tests.flows.conftest import StackFactory
+from tests.flows.conftest import Stack, StackFactory
+
+
+async def open_websocket(stack: Stack) -> aiohttp.ClientWebSocketResponse:
+    """A websocket through the sidecar to the echo app, authenticated by bearer token."""
+    token = stack.provider.mint_access_token("alice")
+    browser = await stack.browser()
+    return await browser.ws_connect(stack.url("/ws").replace("http", "ws"),
+                                    headers={"Authorization": f"Bearer {token}"})
 
 
 async def test_an_open_websocket_keeps_working_during_shutdown_until_it_ends_itself(
     make_stack: StackFactory,
 ) -> None:
     stack = await make_stack(listen={"shutdown_grace": 30})
-    token = stack.provider.mint_access_token("alice")
-    browser = await stack.browser()
-    ws = await browser.ws_connect(stack.url("/ws").replace("http", "ws"),
-                                  headers={"Authorization": f"Bearer {token}"})
+    ws = await open_websocket(stack)
     assert stack.sidecar is not None
     stopping = asyncio.ensure_future(stack.sidecar.stop())
     # Wait until the shutdown began (readiness turns false), not for a fixed time.
@@ -33,10 +38,7 @@ async def test_a_websocket_still_open_after_the_grace_period_is_closed_with_1001
     make_stack: StackFactory,
 ) -> None:
     stack = await make_stack(listen={"shutdown_grace": 0.3})
-    token = stack.provider.mint_access_token("alice")
-    browser = await stack.browser()
-    ws = await browser.ws_connect(stack.url("/ws").replace("http", "ws"),
-                                  headers={"Authorization": f"Bearer {token}"})
+    ws = await open_websocket(stack)
     assert stack.sidecar is not None
     stopping = asyncio.ensure_future(stack.sidecar.stop())
     message = await ws.receive(timeout=10)

@@ -19,6 +19,7 @@ from tests.flows.test_core_config_cli import (
     dev_provider,  # noqa: F401 - fixture
     echo_upstream,  # noqa: F401 - fixture
     read_until,
+    serve_config,
     wait_ready,
     write,
 )
@@ -41,17 +42,10 @@ def proxied_200s(metrics: str) -> float:
 async def test_two_workers_share_the_port_and_one_scrape_sums_them(
     tmp_path: Path, dev_provider: DevProvider, echo_upstream: str  # noqa: F811
 ) -> None:
-    issuer = dev_provider.issuer
     port, admin_port = unused_port(), unused_port()
-    path = write(tmp_path, {
-        "dev_mode": True,
-        "oidc": {"issuer": issuer, "provider": "cognito", "cognito_domain": issuer,
-                 "client_id": dev_provider.config.client_id},
-        "callback_url": f"http://127.0.0.1:{port}/auth/callback",
-        "app_url": f"http://127.0.0.1:{port}/",
-        "cookies": {"secure": False, "secret": COOKIE_SECRET},
-        "logging": {"level": "warning"},
-    })
+    path = write(tmp_path, serve_config(
+        dev_provider, port, cookies={"secure": False, "secret": COOKIE_SECRET}, logging={"level": "warning"},
+    ))
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     env = clean_env(
