@@ -226,6 +226,11 @@ def transaction(stack: Stack, cookie_value: str) -> dict[str, Any]:
     secret = stack.settings.cookies.secret
     assert secret is not None
     key = derive_key(secret.get_secret_value().encode(), b"authsidecar/transaction/v1")
+    # A Fernet token that ends in base64 padding ("=") is sent as a quoted cookie-value (RFC 6265
+    # §4.1.1 allows DQUOTEs around it); whether it has padding depends on the payload's length,
+    # which varies with the stack's port numbers.
+    if len(cookie_value) >= 2 and cookie_value[0] == cookie_value[-1] == '"':
+        cookie_value = cookie_value[1:-1]
     document = json.loads(Fernet(base64.urlsafe_b64encode(key)).decrypt(cookie_value.encode()))
     session: dict[str, Any] = document["session"]
     return session
