@@ -1,4 +1,5 @@
-"""The streaming reverse proxy to the app: one pooled client session, HTTP and WebSocket.
+"""The streaming reverse proxy to the app: HTTP over :mod:`sidecar.proxy.http1`'s pool, WebSocket
+over one aiohttp client session.
 
 The request target goes upstream exactly as the client sent it (``request.raw_path``: no decoding,
 re-encoding or dot-segment removal), appended to ``upstream.url``; a path in that URL therefore acts
@@ -6,6 +7,10 @@ as a prefix. Bodies are streamed both ways and never decompressed. Failures befo
 response headers arrive raise :class:`~sidecar.errors.UpstreamError` (mapped to 502/504 by the
 caller); failures after them can only end the client's connection early, which is what a client
 needs to see to know the body is truncated.
+
+The request head goes upstream as the client's headers after :class:`HeaderPolicy` (nothing is
+added but ``Host`` and, for a body without a length, chunked framing): no ``User-Agent``,
+``Accept`` or ``Accept-Encoding`` is invented, so the app compresses only for a client that asked.
 
 Responses of known length up to :data:`SMALL_BODY` bytes (and every body-less response) are read
 whole and returned as a ``web.Response``: in aiohttp that is sent as one write, measurably cheaper
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from typing import Final
 
@@ -31,18 +37,15 @@ from sidecar.errors import UpstreamError
 from sidecar.keys import UPSTREAM_SECONDS
 from sidecar.observability import Metrics
 from sidecar.proxy.headers import response_headers
+from sidecar.proxy.http1 import ClientBodyError, Connection, Pool
 
 __all__ = ["CLIENT_CLOSED", "SMALL_BODY", "Forwarder", "is_websocket"]
 
 SMALL_BODY: Final = 64 * 1024
 CLIENT_CLOSED: Final = 499
 # Below the 5 s keep-alive of Node.js servers, so the pool rarely picks a connection the app is
-# closing; aiohttp retries idempotent requests once when that still happens.
+# closing; an idempotent request is retried once when that still happens.
 _KEEPALIVE: Final = 4.0
-# The client library adds these unless told not to; a proxy must not invent them (an added
-# Accept-Encoding would make the app compress for a client that never asked). Telling it costs a
-# header copy per request, so it is only done when one of them is actually missing.
-_NO_AUTO_HEADERS: Final = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 _NO_BODY_STATUS: Final = frozenset({204, 304})
 _WS_CLOSE_TIMEOUT: Final = 10.0
 # RFC 6455 §7.4: 1001 going away (the client left), 1011 internal error, 1014 bad gateway (IANA).
@@ -50,16 +53,6 @@ _WS_GOING_AWAY, _WS_INTERNAL, _WS_BAD_GATEWAY = 1001, 1011, 1014
 
 _WSPair = tuple[web.WebSocketResponse, aiohttp.ClientWebSocketResponse]
 _AnyWS = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
-
-
-def _complete(headers: CIMultiDict[str], has_body: bool) -> bool:
-    """Whether ``headers`` already hold every header the client library would otherwise add."""
-    return (
-        "Accept" in headers
-        and "Accept-Encoding" in headers
-        and "User-Agent" in headers
-        and (not has_body or "Content-Type" in headers)
-    )
 
 
 def is_websocket(request: web.BaseRequest) -> bool:
@@ -81,6 +74,7 @@ class Forwarder:
             kind: metrics.upstream_errors.labels(kind=kind) for kind in ("refused", "timeout", "reset")
         }
         self._session: aiohttp.ClientSession | None = None
+        self._pool: Pool | None = None
         self._websockets: set[_WSPair] = set()
         # Set while no WebSocket is open: graceful shutdown waits on it.
         self._no_websockets = asyncio.Event()
@@ -88,6 +82,19 @@ class Forwarder:
 
     async def start(self) -> None:
         s = self._settings
+        base = URL(s.url)
+        host = base.raw_host or ""
+        self._pool = Pool(
+            host.strip("[]"),
+            base.port or (443 if base.scheme == "https" else 80),
+            self._authority,
+            ssl_context=ssl.create_default_context() if base.scheme == "https" else None,
+            limit=s.max_connections,
+            keepalive=_KEEPALIVE,
+            connect_timeout=s.connect_timeout,
+            read_timeout=s.read_timeout,
+        )
+        # WebSockets only: the upgrade handshake and frame relay are aiohttp's.
         connector = aiohttp.TCPConnector(limit=s.max_connections, keepalive_timeout=_KEEPALIVE)
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -103,6 +110,9 @@ class Forwarder:
 
     async def close(self) -> None:
         await self.close_websockets()
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -111,26 +121,22 @@ class Forwarder:
 
     async def forward(self, request: web.Request, headers: CIMultiDict[str]) -> web.StreamResponse:
         """Relay ``request`` with ``headers`` to the app and its response back to the client."""
-        session = self._session
-        assert session is not None, "Forwarder.start() was not awaited"
+        pool = self._pool
+        assert pool is not None, "Forwarder.start() was not awaited"
         method = request.method
         body = request.content if request.body_exists else None
+        chunked = body is not None and "Content-Length" not in headers
         started = time.perf_counter()
         try:
-            upstream = await session.request(
-                method,
-                self._url(request),
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                skip_auto_headers=None if _complete(headers, body is not None) else _NO_AUTO_HEADERS,
+            upstream = await pool.request(
+                method, pool.head(method, self._target(request), headers.items(), chunked), body, chunked
             )
-        except (aiohttp.ClientError, OSError) as exc:
+        except (UpstreamError, ClientBodyError) as exc:
             if request.transport is None or request.transport.is_closing():
                 # The client left mid-upload, which broke the request to the app: not the app's
                 # failure. 499 is nginx's "client closed request"; nobody receives it.
                 return web.Response(status=CLIENT_CLOSED)
-            raise self._failure(exc) from exc
+            raise self._failed(exc) from None
         elapsed = time.perf_counter() - started
         self._observe(elapsed)
         request[UPSTREAM_SECONDS] = elapsed
@@ -141,27 +147,24 @@ class Forwarder:
         if method == "HEAD" or status in _NO_BODY_STATUS or (length is not None and length <= SMALL_BODY):
             try:
                 content = await upstream.read()
-            except (aiohttp.ClientError, OSError) as exc:
-                upstream.close()
-                raise self._failure(exc) from exc
-            except asyncio.CancelledError:
-                upstream.close()
-                raise
-            reason = upstream.reason
-            return web.Response(body=content or None, status=status, reason=reason, headers=out_headers)
+            except UpstreamError as exc:
+                raise self._failed(exc) from None
+            finally:
+                upstream.release()
+            return web.Response(body=content or None, status=status, reason=upstream.reason,
+                                headers=out_headers)
         return await self._stream(request, upstream, out_headers)
 
-    async def _stream(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]
-    ) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, upstream: Connection,
+                      headers: CIMultiDict[str]) -> web.StreamResponse:
         out = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         try:
             await out.prepare(request)
-            read, write = upstream.content.readany, out.write
+            read, write = upstream.readany, out.write
             while True:
                 try:
                     chunk = await read()
-                except (aiohttp.ClientError, OSError):
+                except UpstreamError:
                     # The app broke off mid-body. Closing without the final chunk (or short of
                     # Content-Length) is how HTTP/1.1 tells the client the body is incomplete.
                     self._errors["reset"].inc()
@@ -176,11 +179,15 @@ class Forwarder:
             pass  # the client went away; aiohttp's own EOF write will notice it too
         finally:
             # Back to the pool only when fully read; otherwise the connection is closed.
-            if upstream.content.is_eof():
-                upstream.release()
-            else:
-                upstream.close()
+            upstream.release()
         return out
+
+    def _target(self, request: web.BaseRequest) -> str:
+        """The request target for the app: the client's, exactly, behind the URL's path prefix."""
+        target = request.raw_path
+        if not target.startswith("/"):  # absolute-form or asterisk-form (RFC 9112 §3.2)
+            target = request.rel_url.raw_path_qs
+        return self._prefix + target
 
     def _url(self, request: web.BaseRequest) -> URL:
         target = request.raw_path
@@ -195,6 +202,11 @@ class Forwarder:
             query_string=query,
             encoded=True,
         )
+
+    def _failed(self, exc: UpstreamError | ClientBodyError) -> UpstreamError:
+        error = exc if isinstance(exc, UpstreamError) else UpstreamError("reset", "request body")
+        self._errors[error.kind].inc()
+        return error
 
     def _failure(self, exc: aiohttp.ClientError | OSError) -> UpstreamError:
         if isinstance(exc, TimeoutError):

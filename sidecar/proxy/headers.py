@@ -298,7 +298,7 @@ class HeaderPolicy:
         return block
 
 
-def response_headers(upstream: Mapping[str, str]) -> CIMultiDict[str]:
+def response_headers(upstream: Mapping[str, str] | Iterable[tuple[str, str]]) -> CIMultiDict[str]:
     """The app's response headers for the client: all but hop-by-hop (RFC 9110 §7.6.1).
 
     ``Content-Length`` and ``Content-Encoding`` are kept: the body is relayed byte for byte (never
