@@ -461,7 +461,7 @@ class Pool:
                 conn = idle.pop()
                 if conn.closed:
                     continue
-                if now - conn.idle_since > self._keepalive:
+                if now - conn.idle_since >= self._keepalive:
                     conn.close()
                     continue
                 conn.reused = True

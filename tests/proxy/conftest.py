@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import uvloop
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
@@ -236,6 +237,11 @@ class Upstream:
     async def ws_refuse(self, request: web.Request) -> web.Response:
         self._record(request)
         return web.Response(status=403, text="no websockets here")
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Every proxy test runs on asyncio's own loop and on uvloop, which ``authsidecar serve`` uses."""
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture
