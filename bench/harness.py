@@ -322,7 +322,10 @@ class Bench:
                 slices.append(await self.slice(sc, self.targets[name], rnd, self.plan.seconds))
         for name in usable:
             mem = self.memory.setdefault(name, {"rest": float("nan")})
-            mem["after"] = max(mem.get("after", 0.0), rss_mib(tree(self.targets[name].pid)))
+            rss = rss_mib(tree(self.targets[name].pid))
+            mem["after"] = max(mem.get("after", 0.0), rss)
+            mem[f"after {sc.key}"] = rss
+            print(f"[bench]   {name:<22} RSS after {sc.key}: {rss:.1f} MiB", flush=True)
         about = sc.about.format(
             users=f"{self.plan.users:,}", cache=f"{CACHE_SIZE:,}", sessions=f"{self.plan.sessions:,}"
         )

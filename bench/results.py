@@ -288,4 +288,16 @@ def _memory(run: dict[str, Any]) -> list[str]:
     for name, m in run["memory"].items():
         if name != "direct":
             lines.append(f"| {name} | {_mib(m['rest'])} | {_mib(m.get('after', float('nan')))} |")
+    steps = {
+        name: [(key.removeprefix("after "), v) for key, v in m.items() if key.startswith("after ")]
+        for name, m in run["memory"].items()
+        if name.startswith("authsidecar")
+    }
+    if any(steps.values()):
+        lines += ["", "Resident memory after each scenario, in the order they ran:", "",
+                  "| target | " + " | ".join(k for k, _ in max(steps.values(), key=len)) + " |",
+                  "|---|" + "---|" * len(max(steps.values(), key=len))]
+        for name, seq in steps.items():
+            if seq:
+                lines.append(f"| {name} | " + " | ".join(_mib(v) for _, v in seq) + " |")
     return lines

@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from sidecar import admin
+from sidecar.auth.cookies import CookieNames
 from sidecar.auth.flow import SessionService
 from sidecar.auth.routes import AuthRoutes
 from sidecar.config import Settings
@@ -49,10 +50,11 @@ def create_app(
         log = make_logger(settings.logging.level, settings.logging.format, batched=True)
     runtime = Runtime(settings, metrics, clock, log)
     origin = public_origin(settings)
-    cookies = CookieCache()
+    # One cache of parsed Cookie headers for the session code, the gate and the app-bound header.
+    cookies = CookieCache(CookieNames.build(settings.cookies, settings.csrf).pattern)
     sessions = SessionService(settings, runtime, origin, cookies.get)
     headers = HeaderPolicy(settings.identity_headers, settings.trusted_proxies,
-                           sidecar_cookie=sessions.policy.names.pattern)
+                           sidecar_cookie=sessions.policy.names.pattern, cookie_filter=cookies.for_app)
     gate = Gate(settings, runtime, headers, sessions, cookies)
     mapper = ErrorMapper(
         login_path=LOGIN_PATH,

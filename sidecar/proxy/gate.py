@@ -6,11 +6,13 @@ token cache miss (an RSA verification, then cached until ``exp``) and the upstre
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from types import MappingProxyType
 
 from aiohttp import web
+from aiohttp._cookie_helpers import parse_cookie_header
 
 from sidecar.auth.cookies import join as join_cookie
 from sidecar.auth.flow import UNSAFE, SessionService
@@ -19,37 +21,66 @@ from sidecar.errors import AmbiguousPath, CsrfRejected, Forbidden, ProviderError
 from sidecar.identity import Identity
 from sidecar.keys import IDENTITY, REQUEST_ID, ROUTE_CLASS
 from sidecar.proxy.forward import is_websocket
-from sidecar.proxy.headers import HeaderPolicy
+from sidecar.proxy.headers import DEFAULT_SIDECAR_COOKIE, HeaderPolicy, filter_cookie_header
 from sidecar.proxy.rules import PathSet, RuleSet, check_path
 from sidecar.runtime import Runtime
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
-_COOKIE_CACHE_SIZE = 1024
+# A session's Cookie header carries its tokens (4 KB and more), and an entry holds it and its parse:
+# 256 entries are about 2 MiB, and cover the sessions active at any moment on one worker.
+_COOKIE_CACHE_SIZE = 256
+
+
+class _Parsed:
+    __slots__ = ("for_app", "pairs", "ready")
+
+    def __init__(self, pairs: Mapping[str, str]) -> None:
+        self.pairs = pairs
+        self.for_app: str | None = None
+        self.ready = False  # for_app computed
 
 
 class CookieCache:
-    """aiohttp's parse of a raw ``Cookie`` header, remembered per header value.
+    """A raw ``Cookie`` header's parse and its app-bound form, remembered per header value.
 
     A browser sends the same header on every request until a cookie changes, so the parse (about
-    12 µs in aiohttp) is paid once per distinct header instead of once per request.
+    12 µs in aiohttp) is paid once per distinct header instead of once per request. One entry
+    serves both readers of the header: the gate and session code (:meth:`get`, the name → value
+    pairs) and :class:`HeaderPolicy` (:meth:`for_app`, the header without the sidecar's cookies),
+    so a header is held once.
     """
 
-    def __init__(self, size: int = _COOKIE_CACHE_SIZE) -> None:
+    def __init__(self, sidecar_cookie: re.Pattern[str] = DEFAULT_SIDECAR_COOKIE,
+                 size: int = _COOKIE_CACHE_SIZE) -> None:
+        self._sidecar_cookie = sidecar_cookie
         self._size = size
-        self._cache: OrderedDict[str, Mapping[str, str]] = OrderedDict()
+        self._cache: OrderedDict[str, _Parsed] = OrderedDict()
 
     def get(self, request: web.Request) -> Mapping[str, str]:
         raw = request.headers.get("Cookie")
         if not raw:
             return _EMPTY
-        hit = self._cache.get(raw)
-        if hit is not None:
-            return hit
-        parsed = MappingProxyType(dict(request.cookies))
-        self._cache[raw] = parsed
+        entry = self._cache.get(raw)
+        if entry is None:
+            entry = self._add(raw, MappingProxyType(dict(request.cookies)))
+        return entry.pairs
+
+    def for_app(self, raw: str) -> str | None:
+        """``raw`` without the sidecar's cookies (see :func:`filter_cookie_header`)."""
+        entry = self._cache.get(raw)
+        if entry is None:
+            entry = self._add(raw, None)
+        if not entry.ready:
+            entry.for_app, entry.ready = filter_cookie_header(raw, self._sidecar_cookie), True
+        return entry.for_app
+
+    def _add(self, raw: str, pairs: Mapping[str, str] | None) -> _Parsed:
+        if pairs is None:
+            pairs = MappingProxyType({n: m.value for n, m in parse_cookie_header(raw)})
+        entry = self._cache[raw] = _Parsed(pairs)
         if len(self._cache) > self._size:
             self._cache.popitem(last=False)
-        return parsed
+        return entry
 
 
 class Gate:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeVar
 
 from aiohttp._cookie_helpers import parse_cookie_header
@@ -40,7 +40,7 @@ from multidict import CIMultiDict, MultiMapping
 from sidecar.config import IdentityHeaderSettings
 from sidecar.identity import Identity
 
-__all__ = ["DEFAULT_SIDECAR_COOKIE", "HOP_BY_HOP", "HeaderPolicy", "response_headers"]
+__all__ = ["DEFAULT_SIDECAR_COOKIE", "HOP_BY_HOP", "HeaderPolicy", "filter_cookie_header", "response_headers"]
 
 # The sidecar's own cookies: chunked token cookies (`access_token.0`, ...) and the login transaction.
 DEFAULT_SIDECAR_COOKIE: Final = re.compile(
@@ -126,9 +126,13 @@ class HeaderPolicy:
         settings: IdentityHeaderSettings,
         trusted_proxies: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
         sidecar_cookie: re.Pattern[str] = DEFAULT_SIDECAR_COOKIE,
+        cookie_filter: Callable[[str], str | None] | None = None,
     ) -> None:
+        """``cookie_filter``: a shared cache of :func:`filter_cookie_header` with ``sidecar_cookie``
+        (the gate's ``CookieCache.for_app``); without one the policy keeps its own."""
         self._trusted = tuple(trusted_proxies)
         self._sidecar_cookie = sidecar_cookie
+        self._cookie_filter = cookie_filter or self._filter_cookies
         self._forward_token = settings.forward_access_token
         mapped = (settings.user_id, settings.email, settings.groups, settings.username)
         self._identity_names = frozenset(
@@ -202,7 +206,7 @@ class HeaderPolicy:
                 out.append((name, value))
 
         if cookies is not None:
-            cookie = self._filter_cookies(cookies[0] if len(cookies) == 1 else "; ".join(cookies))
+            cookie = self._cookie_filter(cookies[0] if len(cookies) == 1 else "; ".join(cookies))
             if cookie is not None:
                 out.append(("Cookie", cookie))
         if peer is not None:
@@ -267,17 +271,9 @@ class HeaderPolicy:
         return _remember(self._trust, address, trusted)
 
     def _filter_cookies(self, raw: str) -> str | None:
-        """``raw`` without the sidecar's cookies (RFC 6265 §5.4 pairs); ``None`` if nothing is left.
-
-        The pairs come from aiohttp's Cookie parser and are rebuilt as ``name=value`` joined by
-        ``"; "`` with each value exactly as received (quotes included), so a header a browser sent
-        comes out byte-exact. What the parser does not understand is not passed on.
-        """
         if raw in self._cookies:
             return self._cookies[raw]
-        match = self._sidecar_cookie.match
-        kept = "; ".join(f"{n}={m.coded_value}" for n, m in parse_cookie_header(raw) if not match(n))
-        return _remember(self._cookies, raw, (raw if kept == raw else kept) or None)
+        return _remember(self._cookies, raw, filter_cookie_header(raw, self._sidecar_cookie))
 
     def _identity_headers(self, identity: Identity) -> tuple[tuple[str, str], ...]:
         # Identities are cached per token upstream, so the same object comes back request after
@@ -296,6 +292,18 @@ class HeaderPolicy:
         block = tuple((name, _clean(v)) for name, v in values if v)
         _remember(self._identities, id(identity), (identity, block))
         return block
+
+
+def filter_cookie_header(raw: str, sidecar_cookie: re.Pattern[str]) -> str | None:
+    """``raw`` without the sidecar's cookies (RFC 6265 §5.4 pairs); ``None`` if nothing is left.
+
+    The pairs come from aiohttp's Cookie parser and are rebuilt as ``name=value`` joined by
+    ``"; "`` with each value exactly as received (quotes included), so a header a browser sent
+    comes out byte-exact. What the parser does not understand is not passed on.
+    """
+    match = sidecar_cookie.match
+    kept = "; ".join(f"{n}={m.coded_value}" for n, m in parse_cookie_header(raw) if not match(n))
+    return (raw if kept == raw else kept) or None
 
 
 def response_headers(upstream: Mapping[str, str] | Iterable[tuple[str, str]]) -> CIMultiDict[str]:
