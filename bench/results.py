@@ -206,6 +206,23 @@ def render(run: dict[str, Any]) -> str:
     for key, sc in run["scenarios"].items():
         lines += _scenario(key, sc)
     lines += _memory(run)
+    if run.get("upload_1g"):
+        lines += [
+            "",
+            "## One 1 GiB upload (bench/bigupload.py)",
+            "",
+            "A single POST /upload of 1 GiB (`Content-Length`, Bearer token) through each target, RSS of "
+            "the target sampled every 50 ms while the body streams: a proxy that buffered bodies would "
+            "grow by the body's size.",
+            "",
+            "| target | status | MiB/s | RSS before | RSS peak during | RSS after |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, u in run["upload_1g"].items():
+            lines.append(
+                f"| {name} | {u['status']} | {u['mib_per_s']:,.0f} | {_mib(u['rss_before'])} | "
+                f"{_mib(u['rss_peak'])} | {_mib(u['rss_after'])} |"
+            )
     if run.get("micro"):
         m = run["micro"]
         lines += [

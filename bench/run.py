@@ -25,11 +25,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bigupload import upload_rss
 from harness import BENCH, Bench
 from procs import LOAD_CORE, TARGET_CORE
 from profiling import profile_sidecar
 from results import machine, render
 from scenarios import BY_KEY, SCENARIOS
+
+# Steps beyond the load scenarios: the 1 GiB upload's memory, and the validator micro-benchmark.
+EXTRA = ("upload-1g", "micro")
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,8 +43,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scenarios",
-        default=",".join([s.key for s in SCENARIOS] + ["micro"]),
-        help="comma-separated, from: " + ", ".join([s.key for s in SCENARIOS] + ["micro"]),
+        default=",".join([s.key for s in SCENARIOS] + list(EXTRA)),
+        help="comma-separated, from: " + ", ".join([s.key for s in SCENARIOS] + list(EXTRA)),
     )
     parser.add_argument(
         "--targets",
@@ -58,7 +62,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-minutes", type=float, default=15.0, help="stop starting new rounds after this")
     args = parser.parse_args(argv)
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = [s for s in args.scenarios if s not in BY_KEY and s != "micro"]
+    unknown = [s for s in args.scenarios if s not in BY_KEY and s not in EXTRA]
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(unknown)}")
     args.targets = {t.strip() for t in args.targets.split(",") if t.strip()}
@@ -122,6 +126,18 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     f"CPU {row['cpu_us']:7.1f} µs/op  errors {row['errors']}",
                     flush=True,
                 )
+        if "upload-1g" in args.scenarios and bench.fixture is not None:
+            run["upload_1g"] = {}
+            for name in ("authsidecar", "bare"):
+                if name in bench.targets:
+                    target = bench.targets[name]
+                    print(f"[bench] upload-1g: {name}", flush=True)
+                    got = await upload_rss(target.url, target.pid,
+                                           headers={"Authorization": f"Bearer {bench.fixture.bearer}"})
+                    run["upload_1g"][name] = got
+                    rss = f"{got['rss_before']:.1f} -> peak {got['rss_peak']:.1f} -> {got['rss_after']:.1f}"
+                    print(f"[bench]   {name:<18} status {got['status']}  {got['mib_per_s']:,.0f} MiB/s  "
+                          f"RSS {rss} MiB", flush=True)
         if "micro" in args.scenarios and bench.fixture is not None:
             print("[bench] micro: validator alone", flush=True)
             run["micro"] = await bench.micro()

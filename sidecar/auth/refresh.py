@@ -22,7 +22,7 @@ class SingleFlight(Generic[T]):
     """Deduplicates concurrent calls by key and remembers each result for ``linger`` seconds.
 
     At most ``max_entries`` results are remembered (the oldest go first): a renewal holds a session's
-    new tokens (about 4 KB), so the bound keeps a refresh storm at 2,048 × 4 KB ≈ 8 MiB. Only above
+    new tokens (about 4 KB), so the bound keeps a refresh storm at 2,048 x 4 KB = 8 MiB. Only above
     ~200 refreshes per second per worker does an entry leave before ``linger``, and then after
     ``max_entries / rate`` seconds (10 s at 200/s, 2 s at 1,000/s), still longer than a browser's
     parallel requests take to arrive.

@@ -40,8 +40,8 @@ from sidecar.errors import UpstreamError
 __all__ = ["ClientBodyError", "Connection", "Pool"]
 
 # Response bytes held for a slow client before the app's connection stops being read.
-_HIGH_WATER: Final = 256 * 1024
-_LOW_WATER: Final = 64 * 1024
+_HIGH_WATER: Final = 64 * 1024
+_LOW_WATER: Final = 16 * 1024
 # An app sending more than this before its headers end is not answering HTTP.
 _MAX_HEAD: Final = 256 * 1024
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
