@@ -13,7 +13,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -181,6 +181,9 @@ class LineWriter:
             self.stream.flush()
 
 
+_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
 class AccessLog:
     """The one line per request, written without structlog's processor chain.
 
@@ -205,22 +208,26 @@ class AccessLog:
             return
         if "eyJ" in method or "eyJ" in request_id:
             method, request_id = redact(method), redact(request_id)
-        fields = {
-            "method": method, "route": route, "status": status, "duration_ms": duration_ms,
-            "upstream_ms": upstream_ms, "sub": sub, "request_id": request_id,
-        }
         if self._writer is None:
-            self._log.info("request", **fields)
+            self._log.info("request", method=method, route=route, status=status, duration_ms=duration_ms,
+                           upstream_ms=upstream_ms, sub=sub, request_id=request_id)
             return
         now = time.time()
         second = int(now)
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        fields["event"] = "request"
-        fields["level"] = "info"
-        fields["ts"] = f"{self._stamp}.{int((now - second) * 1e6):06d}Z"
-        self._writer.write(json.dumps(fields))
+        # Byte for byte what json.dumps() makes of these fields, at a third of its cost: strings
+        # through the C string encoder, numbers as their repr (JSON's, for finite floats).
+        q = _quote
+        upstream = "null" if upstream_ms is None else repr(upstream_ms)
+        who = "null" if sub is None else q(sub)
+        self._writer.write(
+            f'{{"method": {q(method)}, "route": {q(route)}, "status": {status:d}, '
+            f'"duration_ms": {duration_ms!r}, "upstream_ms": {upstream}, "sub": {who}, '
+            f'"request_id": {q(request_id)}, "event": "request", "level": "info", '
+            f'"ts": "{self._stamp}.{int((now - second) * 1e6):06d}Z"}}'
+        )
 
 
 def flush_logs(log: Any) -> None:

@@ -26,6 +26,30 @@ def test_an_access_line_is_one_json_object_with_the_request_fields() -> None:
 
 
 @pytest.mark.parametrize(
+    ("sub", "upstream_ms", "duration_ms"),
+    [
+        pytest.param("sub-1", 0.7, 1.5, id="plain"),
+        pytest.param('a"b\\c\n\u2028é\x00', None, 12.0, id="escapes-and-unicode"),
+        pytest.param(None, 1e-05, 123456.789, id="no-sub-tiny-and-large-numbers"),
+    ],
+)
+def test_an_access_line_is_exactly_what_json_dumps_makes_of_its_fields(
+    sub: str | None, upstream_ms: float | None, duration_ms: float
+) -> None:
+    stream = io.StringIO()
+    AccessLog(make_logger("info", "json", stream), enabled=True)(
+        "PATCH", "proxy", 503, duration_ms, upstream_ms, sub, "rid:1"
+    )
+    line = stream.getvalue().rstrip("\n")
+    fields = json.loads(line)
+    assert line == json.dumps({
+        "method": "PATCH", "route": "proxy", "status": 503, "duration_ms": duration_ms,
+        "upstream_ms": upstream_ms, "sub": sub, "request_id": "rid:1", "event": "request", "level": "info",
+        "ts": fields["ts"],
+    })
+
+
+@pytest.mark.parametrize(
     ("method", "request_id"),
     [pytest.param(TOKEN, "rid", id="token-as-method"), pytest.param("GET", TOKEN, id="token-as-request-id")],
 )

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-from collections.abc import Iterable
+from collections.abc import Collection
 from typing import Final, cast
 
 import httptools
@@ -416,16 +416,16 @@ class Pool:
         self._closing = False
         self._sweeper: asyncio.TimerHandle | None = None
 
-    def head(self, method: str, target: str, headers: Iterable[tuple[str, str]], chunked: bool) -> bytes:
+    def head(self, method: str, target: str, headers: Collection[tuple[str, str]], chunked: bool) -> bytes:
         """The request line and header block, checked to be exactly the lines intended."""
-        lines = [f"{method} {target} HTTP/1.1\r\n", self._host_line]
-        lines += [f"{name}: {value}\r\n" for name, value in headers]
-        if chunked:
-            lines.append("Transfer-Encoding: chunked\r\n")
-        lines.append("\r\n")
-        text = "".join(lines)
+        text = "".join((
+            f"{method} {target} HTTP/1.1\r\n", self._host_line,
+            "\r\n".join(map(": ".join, headers)), "\r\n" if headers else "",
+            "Transfer-Encoding: chunked\r\n\r\n" if chunked else "\r\n",
+        ))
         # A CR or LF inside a name or value would start a header (or a request) of its own.
-        if text.count("\n") != len(lines) or text.count("\r") != len(lines):
+        lines = len(headers) + (4 if chunked else 3)
+        if text.count("\n") != lines or text.count("\r") != lines:
             raise UpstreamError("refused", "header value with a line break")
         return text.encode("utf-8", "surrogateescape")
 
