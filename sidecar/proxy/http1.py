@@ -51,6 +51,10 @@ class _Stale(UpstreamError):
     """A reused connection closed before any byte of the response: safe to retry once."""
 
 
+class _Unsolicited(Exception):
+    """The app sent more than one response to one request."""
+
+
 class ClientBodyError(Exception):
     """Reading the request body from the client failed (the client left mid-upload)."""
 
@@ -159,6 +163,10 @@ class Connection(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._done:
+            # A second response to one request: never parsed, never delivered to the next request
+            # on this connection (response queue poisoning); the connection is closed instead.
+            raise _Unsolicited
         self._raw = []
         self._reason = b""
 
@@ -195,6 +203,9 @@ class Connection(asyncio.Protocol):
             self._message_complete()
 
     def on_body(self, body: bytes) -> None:
+        if self._done:  # bytes after the headers of a HEAD answer: not this exchange's
+            self._reusable = False
+            return
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
@@ -262,8 +273,9 @@ class Connection(asyncio.Protocol):
         if self._done or self._error is not None or self.closed:
             return
         now = self._loop.time()
-        if self._paused:
-            # The silence is the slow client's, not the app's.
+        if self._paused or not self._body_sent:
+            # The silence is the slow client's, not the app's: it is still uploading, or not yet
+            # reading what the app sent.
             self._last_read = now
         elif now - self._last_read >= self._pool.read_timeout:
             self._fail(UpstreamError("timeout", "no response from the app"))
@@ -346,6 +358,7 @@ class Connection(asyncio.Protocol):
         if chunked:
             transport.write(b"0\r\n\r\n")
         self._body_sent = True
+        self._last_read = self._loop.time()  # the app's silence counts from the end of the body
 
     def _sent(self, sender: asyncio.Task[None]) -> None:
         if sender.cancelled():

@@ -15,7 +15,7 @@ import pytest
 from sidecar.errors import UpstreamError
 from sidecar.proxy.http1 import Connection, Pool
 
-from .conftest import MakeProxy
+from .conftest import MakeProxy, Upstream
 
 TIMEOUT = 10
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -343,6 +343,37 @@ async def test_a_malformed_or_truncated_answer_is_a_reset(
     assert info.value.kind == "reset"
 
 
+async def test_a_second_answer_to_one_request_never_reaches_the_next_request(
+    serve: Serve, pools: Callable[..., Pool]
+) -> None:
+    """Response queue poisoning: the extra answer is dropped with its connection."""
+    smuggled = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nX-Evil: 1\r\n\r\nsmuggled"
+
+    async def script(_n: int, _head: bytes) -> bytes:
+        first = len(app.heads) == 1
+        return (OK + smuggled) if first else b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond"
+
+    app = await serve(script)
+    pool = pools(app)
+    conn, body = await get(pool)
+    assert (conn.status, body, [n for n, _ in conn.headers]) == (200, b"ok", ["Content-Length"])
+    _, body = await get(pool)
+    assert body == b"second"
+    assert app.connections == 2
+
+
+async def test_bytes_after_a_head_answer_are_not_taken_as_the_next_answer(
+    serve: Serve, pools: Callable[..., Pool]
+) -> None:
+    app = await serve(always(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\njunk"))
+    pool = pools(app)
+    conn, body = await get(pool, "HEAD")
+    assert (conn.status, body) == (200, b"")
+    _, body = await get(pool)
+    assert body == b"junk"
+    assert app.connections == 2
+
+
 @pytest.mark.parametrize("value", ["a\r\nX-Injected: 1", "a\nb", "a\rb"])
 def test_a_line_break_in_a_header_never_reaches_the_app(value: str) -> None:
     pool = Pool.__new__(Pool)
@@ -379,6 +410,21 @@ async def test_silence_after_the_request_is_a_timeout(serve: Serve,
         await get(pools(app, read_timeout=0.1))
     assert info.value.kind == "timeout"
     never.set()
+
+
+async def test_a_slow_upload_is_not_the_apps_silence(make_proxy: MakeProxy, upstream: Upstream) -> None:
+    """The read timeout counts the app's silence after the body, not the client's slow upload."""
+    proxy = await make_proxy(read_timeout=0.2)
+
+    async def slow() -> AsyncIterator[bytes]:
+        for _ in range(5):
+            yield b"z" * 1000
+            await asyncio.sleep(0.1)  # a slow client: 0.5 s of upload against a 0.2 s timeout
+
+    async with asyncio.timeout(TIMEOUT):
+        resp = await proxy.client.post("/upload", data=slow())
+        assert resp.status == 200
+        assert (await resp.json())["size"] == 5000
 
 
 async def test_a_refused_connection_is_refused(pools: Callable[..., Pool], closed_port: int) -> None:
