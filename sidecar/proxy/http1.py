@@ -103,7 +103,6 @@ class Connection(asyncio.Protocol):
         # Write-side flow control and the read timeout.
         self._drain: asyncio.Future[None] | None = None
         self._write_paused = False
-        self._timer: asyncio.TimerHandle | None = None
         self._last_read = 0.0
         # The task relaying the request body, and whether all of it went out.
         self._sender: asyncio.Task[None] | None = None
@@ -139,7 +138,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._pool._lost(self)
-        self._cancel_timer()
+        self._unwatch()
         if self._drain is not None and not self._drain.done():
             self._drain.set_exception(ConnectionResetError("connection to the app lost"))
         if not self._active or self._done:
@@ -230,12 +229,12 @@ class Connection(asyncio.Protocol):
         self._head_bytes = 0
         self._head = fut = self._loop.create_future()
         self._last_read = self._loop.time()
-        self._arm_timer()
+        self._watch_silence()
         return fut
 
     def _message_complete(self) -> None:
         self._done = True
-        self._cancel_timer()
+        self._unwatch()
         self._wake()
 
     def _fail(self, error: UpstreamError) -> None:
@@ -246,7 +245,7 @@ class Connection(asyncio.Protocol):
         """End the exchange with ``error``: whoever waits for the head or the body gets it."""
         if self._error is None and not self._done:
             self._error = error
-        self._cancel_timer()
+        self._unwatch()
         head = self._head
         if head is not None and not head.done():
             head.set_exception(error)
@@ -259,28 +258,21 @@ class Connection(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _arm_timer(self) -> None:
-        timeout = self._pool.read_timeout
-        self._timer = self._loop.call_at(self._last_read + timeout, self._check_silence)
+    def _watch_silence(self) -> None:
+        self._pool._watched.add(self)
+        self._pool._watch()
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _unwatch(self) -> None:
+        self._pool._watched.discard(self)
 
-    def _check_silence(self) -> None:
-        self._timer = None
-        if self._done or self._error is not None or self.closed:
-            return
-        now = self._loop.time()
+    def _check_silence(self, now: float, timeout: float) -> None:
+        """Called by the pool's watch: fail the exchange after ``timeout`` of the app's silence."""
         if self._paused or not self._body_sent:
             # The silence is the slow client's, not the app's: it is still uploading, or not yet
             # reading what the app sent.
             self._last_read = now
-        elif now - self._last_read >= self._pool.read_timeout:
+        elif now - self._last_read >= timeout:
             self._fail(UpstreamError("timeout", "no response from the app"))
-            return
-        self._arm_timer()
 
     async def drain(self) -> None:
         """Wait until the transport's write buffer has room (request-body flow control)."""
@@ -388,7 +380,7 @@ class Connection(asyncio.Protocol):
         if self._active and not self._done:
             self._interrupt(UpstreamError("reset", "connection closed"))
         self._active = False
-        self._cancel_timer()
+        self._unwatch()
         sender = self._sender
         if sender is not None and not sender.done():
             sender.cancel()
@@ -428,6 +420,11 @@ class Pool:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._closing = False
         self._sweeper: asyncio.TimerHandle | None = None
+        # Exchanges waiting on the app, checked for silence by one periodic watch instead of a
+        # timer per request (a timer costs more than the rest of the bookkeeping of a request).
+        self._watched: set[Connection] = set()
+        self._watcher: asyncio.TimerHandle | None = None
+        self._tick = min(1.0, read_timeout / 4)
 
     def head(self, method: str, target: str, headers: Collection[tuple[str, str]], chunked: bool) -> bytes:
         """The request line and header block, checked to be exactly the lines intended."""
@@ -538,6 +535,18 @@ class Pool:
                 waiter.set_result(None)
                 return
 
+    def _watch(self) -> None:
+        if self._watcher is None:
+            self._watcher = self.loop.call_later(self._tick, self._check_watched)
+
+    def _check_watched(self) -> None:
+        self._watcher = None
+        now, timeout = self.loop.time(), self.read_timeout
+        for conn in list(self._watched):
+            conn._check_silence(now, timeout)
+        if self._watched:
+            self._watch()
+
     def _sweep(self) -> None:
         """Close connections idle past the keep-alive, so the app is not left holding them."""
         self._sweeper = None
@@ -553,6 +562,9 @@ class Pool:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         while self._idle:
             self._idle.popleft().close()
         for waiter in self._waiters:
