@@ -22,13 +22,13 @@ class SingleFlight(Generic[T]):
     """Deduplicates concurrent calls by key and remembers each result for ``linger`` seconds.
 
     At most ``max_entries`` results are remembered (the oldest go first): a renewal holds a session's
-    new tokens (about 4 KB), so the bound keeps a refresh storm at 2,048 x 4 KB = 8 MiB. Only above
-    ~200 refreshes per second per worker does an entry leave before ``linger``, and then after
-    ``max_entries / rate`` seconds (10 s at 200/s, 2 s at 1,000/s), still longer than a browser's
+    new tokens (about 3.5 KB), so the bound keeps a refresh storm at 1,024 x 3.5 KB = 3.5 MiB. Only
+    above ~100 refreshes per second per worker does an entry leave before ``linger``, and then after
+    ``max_entries / rate`` seconds (5 s at 200/s, 1 s at 1,000/s), still longer than a browser's
     parallel requests take to arrive.
     """
 
-    def __init__(self, clock: Clock, linger: float = 10.0, max_entries: int = 2048) -> None:
+    def __init__(self, clock: Clock, linger: float = 10.0, max_entries: int = 1024) -> None:
         self._clock = clock
         self._linger = linger
         self._max = max_entries
