@@ -87,10 +87,10 @@ Serve = Callable[..., Awaitable[RawApp]]
 async def serve() -> AsyncIterator[Serve]:
     servers: list[tuple[asyncio.Server, RawApp]] = []
 
-    async def start(script: Script, *, close_after_answer: bool = False,
-                    answer_early: bool = False) -> RawApp:
+    async def start(script: Script, *, close_after_answer: bool = False, answer_early: bool = False,
+                    tls: ssl.SSLContext | None = None) -> RawApp:
         app = RawApp(script, close_after_answer, answer_early=answer_early)
-        server = await asyncio.start_server(app.handle, "127.0.0.1", 0)
+        server = await asyncio.start_server(app.handle, "127.0.0.1", 0, ssl=tls)
         servers.append((server, app))
         app.port = server.sockets[0].getsockname()[1]
         return app
@@ -514,29 +514,21 @@ async def test_a_client_that_stops_reading_stops_the_app_sending(make_proxy: Mak
 
 @pytest.mark.parametrize("trusted", [True, False], ids=["trusted-ca", "unknown-ca"])
 async def test_an_https_app_is_reached_over_verified_tls(
-    make_proxy: MakeProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trusted: bool
+    make_proxy: MakeProxy, serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trusted: bool
 ) -> None:
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
-    app = RawApp(always(OK))
-    server = await asyncio.start_server(app.handle, "127.0.0.1", 0, ssl=server_ctx)
-    try:
-        port = server.sockets[0].getsockname()[1]
+    app = await serve(always(OK), tls=server_ctx)
+    if trusted:
+        ca_file = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_file))
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # read by the default context
+    proxy = await make_proxy(upstream_url=f"https://127.0.0.1:{app.port}")
+    async with asyncio.timeout(TIMEOUT):
+        resp = await proxy.client.get("/x")
         if trusted:
-            ca_file = tmp_path / "ca.pem"
-            ca.cert_pem.write_to_path(str(ca_file))
-            monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # read by the default context
-        proxy = await make_proxy(upstream_url=f"https://127.0.0.1:{port}")
-        async with asyncio.timeout(TIMEOUT):
-            resp = await proxy.client.get("/x")
-            if trusted:
-                assert (resp.status, await resp.read()) == (200, b"ok")
-            else:
-                assert (resp.status, await resp.text()) == (502, "refused")
-        assert app.connections == (1 if trusted else 0)  # an unverified handshake sends nothing
-    finally:
-        server.close()
-        for writer in app.writers:
-            writer.close()
-        await server.wait_closed()
+            assert (resp.status, await resp.read()) == (200, b"ok")
+        else:
+            assert (resp.status, await resp.text()) == (502, "refused")
+    assert app.connections == (1 if trusted else 0)  # an unverified handshake sends nothing
