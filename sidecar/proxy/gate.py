@@ -21,7 +21,7 @@ from sidecar.errors import AmbiguousPath, CsrfRejected, Forbidden, ProviderError
 from sidecar.identity import Identity
 from sidecar.keys import IDENTITY, REQUEST_ID, ROUTE_CLASS
 from sidecar.proxy.forward import is_websocket
-from sidecar.proxy.headers import DEFAULT_SIDECAR_COOKIE, HeaderPolicy, filter_cookie_header
+from sidecar.proxy.headers import DEFAULT_SIDECAR_COOKIE, HeaderPolicy, filter_cookie_pairs
 from sidecar.proxy.rules import PathSet, RuleSet, check_path
 from sidecar.runtime import Runtime
 
@@ -32,12 +32,11 @@ _COOKIE_CACHE_SIZE = 256
 
 
 class _Parsed:
-    __slots__ = ("for_app", "pairs", "ready")
+    __slots__ = ("for_app", "pairs")
 
-    def __init__(self, pairs: Mapping[str, str]) -> None:
+    def __init__(self, pairs: Mapping[str, str], for_app: str | None) -> None:
         self.pairs = pairs
-        self.for_app: str | None = None
-        self.ready = False  # for_app computed
+        self.for_app = for_app
 
 
 class CookieCache:
@@ -62,22 +61,22 @@ class CookieCache:
             return _EMPTY
         entry = self._cache.get(raw)
         if entry is None:
-            entry = self._add(raw, MappingProxyType(dict(request.cookies)))
+            entry = self._add(raw)
         return entry.pairs
 
     def for_app(self, raw: str) -> str | None:
         """``raw`` without the sidecar's cookies (see :func:`filter_cookie_header`)."""
         entry = self._cache.get(raw)
         if entry is None:
-            entry = self._add(raw, None)
-        if not entry.ready:
-            entry.for_app, entry.ready = filter_cookie_header(raw, self._sidecar_cookie), True
+            entry = self._add(raw)
         return entry.for_app
 
-    def _add(self, raw: str, pairs: Mapping[str, str] | None) -> _Parsed:
-        if pairs is None:
-            pairs = MappingProxyType({n: m.value for n, m in parse_cookie_header(raw)})
-        entry = self._cache[raw] = _Parsed(pairs)
+    def _add(self, raw: str) -> _Parsed:
+        # One parse for both readers: the pairs as aiohttp's ``request.cookies`` makes them, and
+        # the app-bound header from the same pairs.
+        parsed = parse_cookie_header(raw)
+        pairs = MappingProxyType({name: morsel.value for name, morsel in parsed})
+        entry = self._cache[raw] = _Parsed(pairs, filter_cookie_pairs(raw, parsed, self._sidecar_cookie))
         if len(self._cache) > self._size:
             self._cache.popitem(last=False)
         return entry

@@ -32,6 +32,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
+from http.cookies import Morsel
 from typing import Any, Final, TypeVar
 
 from aiohttp._cookie_helpers import parse_cookie_header
@@ -40,7 +41,10 @@ from multidict import CIMultiDict, MultiMapping
 from sidecar.config import IdentityHeaderSettings
 from sidecar.identity import Identity
 
-__all__ = ["DEFAULT_SIDECAR_COOKIE", "HOP_BY_HOP", "HeaderPolicy", "filter_cookie_header", "response_headers"]
+__all__ = [
+    "DEFAULT_SIDECAR_COOKIE", "HOP_BY_HOP", "HeaderPolicy", "filter_cookie_header", "filter_cookie_pairs",
+    "response_headers",
+]
 
 # The sidecar's own cookies: chunked token cookies (`access_token.0`, ...) and the login transaction.
 DEFAULT_SIDECAR_COOKIE: Final = re.compile(
@@ -301,8 +305,14 @@ def filter_cookie_header(raw: str, sidecar_cookie: re.Pattern[str]) -> str | Non
     ``"; "`` with each value exactly as received (quotes included), so a header a browser sent
     comes out byte-exact. What the parser does not understand is not passed on.
     """
+    return filter_cookie_pairs(raw, parse_cookie_header(raw), sidecar_cookie)
+
+
+def filter_cookie_pairs(raw: str, parsed: Iterable[tuple[str, Morsel[str]]],
+                        sidecar_cookie: re.Pattern[str]) -> str | None:
+    """:func:`filter_cookie_header` for a header already parsed by ``parse_cookie_header``."""
     match = sidecar_cookie.match
-    kept = "; ".join(f"{n}={m.coded_value}" for n, m in parse_cookie_header(raw) if not match(n))
+    kept = "; ".join(f"{n}={m.coded_value}" for n, m in parsed if not match(n))
     return (raw if kept == raw else kept) or None
 
 
