@@ -293,6 +293,9 @@ class Connection(asyncio.Protocol):
         body = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self._buffered = 0
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
         return body
 
     async def readany(self) -> bytes:
