@@ -286,8 +286,11 @@ class Connection(asyncio.Protocol):
                 self._drain = None
 
     async def read(self) -> bytes:
-        """The whole (remaining) response body."""
+        """The whole (remaining) response body (for small ones: it is held in memory)."""
         while not self._done:
+            if self._paused and self.transport is not None:
+                self._paused = False  # the whole body is wanted: never wait on a paused connection
+                self.transport.resume_reading()
             await self._wait()
         chunks = self._chunks
         body = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)

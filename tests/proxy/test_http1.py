@@ -532,3 +532,15 @@ async def test_an_https_app_is_reached_over_verified_tls(
         else:
             assert (resp.status, await resp.text()) == (502, "refused")
     assert app.connections == (1 if trusted else 0)  # an unverified handshake sends nothing
+
+
+async def test_reading_a_whole_body_larger_than_the_buffer_limit_completes(
+    serve: Serve, pools: Callable[..., Pool]
+) -> None:
+    body = bytes(range(256)) * 4096  # 1 MiB: the connection pauses reading on the way
+    app = await serve(always(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)))
+    pool = pools(app)
+    _, got = await get(pool)
+    _, again = await get(pool)
+    assert got == again == body
+    assert app.connections == 1
