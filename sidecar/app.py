@@ -50,11 +50,11 @@ def create_app(
         log = make_logger(settings.logging.level, settings.logging.format, batched=True)
     runtime = Runtime(settings, metrics, clock, log)
     origin = public_origin(settings)
-    # One cache of parsed Cookie headers for the session code, the gate and the app-bound header.
+    # One cache of parsed Cookie headers for the session code, the gate and the app-bound header
+    # (the session code needs its reader before it exists, hence the names built here).
     cookies = CookieCache(CookieNames.build(settings.cookies, settings.csrf).pattern)
     sessions = SessionService(settings, runtime, origin, cookies.get)
-    headers = HeaderPolicy(settings.identity_headers, settings.trusted_proxies,
-                           sidecar_cookie=sessions.policy.names.pattern, cookie_filter=cookies.for_app)
+    headers = HeaderPolicy(settings.identity_headers, settings.trusted_proxies, cookie_filter=cookies.for_app)
     gate = Gate(settings, runtime, headers, sessions, cookies)
     mapper = ErrorMapper(
         login_path=LOGIN_PATH,

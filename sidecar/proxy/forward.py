@@ -190,20 +190,15 @@ class Forwarder:
         return self._prefix + target
 
     def _url(self, request: web.BaseRequest) -> URL:
-        target = request.raw_path
-        if not target.startswith("/"):  # absolute-form or asterisk-form (RFC 9112 §3.2)
-            target = request.rel_url.raw_path_qs
-        path, _, query = target.partition("?")
+        """:meth:`_target` as an absolute URL (for the WebSocket client)."""
+        path, _, query = self._target(request).partition("?")
         # encoded=True: the bytes are used as they are, never re-quoted or normalized.
         return URL.build(
-            scheme=self._scheme,
-            authority=self._authority,
-            path=self._prefix + path,
-            query_string=query,
-            encoded=True,
+            scheme=self._scheme, authority=self._authority, path=path, query_string=query, encoded=True
         )
 
     def _failed(self, exc: UpstreamError | ClientBodyError) -> UpstreamError:
+        """``exc`` as the UpstreamError it is mapped to, counted in the upstream error metric."""
         error = exc if isinstance(exc, UpstreamError) else UpstreamError("reset", "request body")
         self._errors[error.kind].inc()
         return error
@@ -217,8 +212,7 @@ class Forwarder:
             kind = "refused"
         else:
             kind = "reset"
-        self._errors[kind].inc()
-        return UpstreamError(kind, type(exc).__name__)
+        return self._failed(UpstreamError(kind, type(exc).__name__))
 
     # -- WebSocket -----------------------------------------------------------------------------------
 

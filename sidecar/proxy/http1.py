@@ -288,17 +288,13 @@ class Connection(asyncio.Protocol):
     async def read(self) -> bytes:
         """The whole (remaining) response body (for small ones: it is held in memory)."""
         while not self._done:
-            if self._paused and self.transport is not None:
-                self._paused = False  # the whole body is wanted: never wait on a paused connection
-                self.transport.resume_reading()
+            self._resume_reading()  # the whole body is wanted: never wait on a paused connection
             await self._wait()
         chunks = self._chunks
         body = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self._buffered = 0
-        if self._paused and self.transport is not None:
-            self._paused = False
-            self.transport.resume_reading()
+        self._resume_reading()
         return body
 
     async def readany(self) -> bytes:
@@ -310,10 +306,14 @@ class Connection(asyncio.Protocol):
             await self._wait()
         chunk = chunks.popleft()
         self._buffered -= len(chunk)
-        if self._paused and self._buffered < _LOW_WATER and self.transport is not None:
+        if self._buffered < _LOW_WATER:
+            self._resume_reading()
+        return chunk
+
+    def _resume_reading(self) -> None:
+        if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
-        return chunk
 
     async def _wait(self) -> None:
         if self._error is not None:
@@ -322,11 +322,6 @@ class Connection(asyncio.Protocol):
         await waiter
         if self._error is not None and not self._chunks:
             raise self._error
-
-    @property
-    def complete(self) -> bool:
-        """The whole response has been received."""
-        return self._done
 
     def send_body(self, body: StreamReader, chunked: bool) -> None:
         """Relay the request body in the background; its failure fails the wait for the response."""
