@@ -1,4 +1,4 @@
-"""The admin listener: /healthz (liveness), /readyz (keys loaded), /metrics (Prometheus)."""
+"""The admin listener: /healthz (liveness), /readyz (keys loaded, not shutting down), /metrics."""
 
 from __future__ import annotations
 
@@ -9,8 +9,28 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from sidecar.keys import RUNTIME
-from sidecar.runtime import Runtime
+from sidecar.oidc.provider import ProviderLink
+
+
+class Health:
+    """Readiness of one sidecar process: the provider's keys loaded, and not shutting down."""
+
+    def __init__(self, provider: ProviderLink, registry: CollectorRegistry) -> None:
+        self.provider = provider
+        self.registry = registry
+        # Set once SIGTERM arrived: readiness fails so the load balancer stops sending traffic.
+        self.closing = False
+
+    def problem(self) -> str | None:
+        """Why the process is not ready (a fixed identifier), or None when it is."""
+        if self.closing:
+            return "shutting_down"
+        if not self.provider.ready:
+            return "keys_not_loaded"
+        return None
+
+
+HEALTH = web.AppKey("authsidecar.health", Health)
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -18,15 +38,14 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
-    if runtime.ready:
+    problem = request.app[HEALTH].problem()
+    if problem is None:
         return web.json_response({"status": "ready"})
-    reason = "shutting_down" if runtime.closing else "keys_not_loaded"
-    return web.json_response({"status": "not_ready", "reason": reason}, status=503)
+    return web.json_response({"status": "not_ready", "reason": problem}, status=503)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    registry = request.app[RUNTIME].metrics.registry
+    registry = request.app[HEALTH].registry
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # One scrape sees every worker of `serve --workers N` (prometheus-client multiprocess mode).
         registry = CollectorRegistry()
@@ -35,9 +54,9 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def create_admin_app(runtime: Runtime) -> web.Application:
+def create_admin_app(health: Health) -> web.Application:
     app = web.Application()
-    app[RUNTIME] = runtime
+    app[HEALTH] = health
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -1,28 +1,38 @@
-"""Application factories: the proxied listener and the admin listener."""
+"""Application factories: the proxied listener and the admin listener.
+
+Wiring only: every object is built here once, from the frozen settings, and handed to what uses it.
+Each long-lived resource (the provider link, the app client, the authenticator's in-flight
+refreshes, the login transactions' replay memory) is born and closed in one ``cleanup_ctx`` entry.
+"""
 
 from __future__ import annotations
 
+import secrets
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from sidecar import admin
-from sidecar.auth.cookies import CookieNames
-from sidecar.auth.flow import SessionService
+from sidecar.admin import HEALTH, Health, create_admin_app
+from sidecar.auth.authenticate import Authenticator
+from sidecar.auth.cookies import CookiePolicy
+from sidecar.auth.csrf import CsrfTokens, OriginPolicy
+from sidecar.auth.return_to import ReturnToPolicy
 from sidecar.auth.routes import AuthRoutes
+from sidecar.auth.session import CookieCache, CookieStore
+from sidecar.auth.transaction import TransactionStore, derive_key
 from sidecar.config import Settings
 from sidecar.identity import Clock
-from sidecar.keys import CLOCK, METRICS, RUNTIME, SETTINGS
-from sidecar.observability import Metrics, flush_logs, make_logger
+from sidecar.observability import Logger, Metrics, flush_logs, make_logger
+from sidecar.oidc.provider import PROVIDER, ProviderLink
 from sidecar.proxy.cors import CorsPolicy
-from sidecar.proxy.gate import CookieCache, Gate
+from sidecar.proxy.forward import FORWARDER, Forwarder
+from sidecar.proxy.gate import Gate
 from sidecar.proxy.headers import HeaderPolicy
 from sidecar.proxy.middleware import ErrorMapper, cors_middleware, edge_middleware, response_decorator
-from sidecar.runtime import Runtime
+from sidecar.proxy.rules import PathSet, RuleSet
 
 LOGIN_PATH = "/auth/login"
 # Request lines and header fields up to 64 KiB: a chunked ID token of a user in many groups makes
@@ -36,72 +46,117 @@ def public_origin(settings: Settings) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+def _cookie_secret(settings: Settings) -> bytes:
+    if settings.cookies.secret is not None:
+        return settings.cookies.secret.get_secret_value().encode()
+    # Only dev_mode gets here (the schema requires a secret otherwise): a key of this process
+    # alone, never one derived from nothing that anyone with the source could compute.
+    return secrets.token_bytes(32)
+
+
 def create_app(
     settings: Settings,
     *,
     clock: Clock = time.time,
     registry: CollectorRegistry | None = None,
-    log: Any = None,
+    log: Logger | None = None,
 ) -> web.Application:
     """Assemble the proxied listener's app. Nothing starts until the app is run."""
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     if log is None:
         # Batched: one write per 20 ms of log lines rather than a write and a flush per line.
         log = make_logger(settings.logging.level, settings.logging.format, batched=True)
-    runtime = Runtime(settings, metrics, clock, log)
-    origin = public_origin(settings)
-    # One cache of parsed Cookie headers for the session code, the gate and the app-bound header
-    # (the session code needs its reader before it exists, hence the names built here).
-    cookies = CookieCache(CookieNames.build(settings.cookies, settings.csrf).pattern)
-    sessions = SessionService(settings, runtime, origin, cookies.get)
-    headers = HeaderPolicy(settings.identity_headers, settings.trusted_proxies, cookie_filter=cookies.for_app)
-    gate = Gate(settings, runtime, headers, sessions, cookies)
-    mapper = ErrorMapper(
-        login_path=LOGIN_PATH,
-        public_origin=origin,
-        on_session_end=lambda request, response: sessions.cookies.clear(response, cookies.get(request)),
-    )
-    cors = CorsPolicy(settings.cors)
+    # Identity.claims carries only what rules and extra identity headers read.
+    keep = {name for rule in settings.rules for name in rule.claims} | set(settings.identity_headers.claims)
+    provider = ProviderLink(settings.oidc, metrics=metrics, clock=clock, log=log,
+                            cache_size=settings.tokens.validation_cache_size, keep_claims=keep)
+    forwarder = Forwarder(settings.upstream, metrics)
+    health = Health(provider, metrics.registry)
 
+    origin = public_origin(settings)
+    secret = _cookie_secret(settings)
+    policy = CookiePolicy(settings.cookies, settings.csrf)
+    # One cache of parsed Cookie headers for the session store and the app-bound Cookie header.
+    cookies = CookieCache(policy.names.pattern.match)
+    csrf = CsrfTokens(derive_key(secret, b"authsidecar/csrf-key/v1"))
+    store = CookieStore(policy, csrf, cookies, clock, settings.cookies.refresh_token_max_age)
+    app_origins = (settings.app_url, *settings.allowed_return_origins, *settings.cors.allowed_origins)
+    authenticator = Authenticator(
+        provider=provider, store=store, csrf=csrf, origins=OriginPolicy(app_origins, origin),
+        csrf_header=settings.csrf.header, csrf_exempt=PathSet(settings.csrf.exempt_paths),
+        accept_bearer=settings.tokens.accept_bearer,
+        refresh_token_path=settings.cookies.refresh_token_path, metrics=metrics, log=log, clock=clock,
+    )
+    transactions = TransactionStore(secret, policy, settings.cookies.transaction_max_age, clock)
+    routes = AuthRoutes(
+        settings=settings, authenticator=authenticator, store=store, transactions=transactions,
+        return_to=ReturnToPolicy(settings.app_url, (origin, *settings.allowed_return_origins)),
+        metrics=metrics, log=log, clock=clock,
+    )
+    gate = Gate(
+        authenticator=authenticator, rules=RuleSet(settings.rules), public=PathSet(settings.public_paths),
+        headers=HeaderPolicy(settings.identity_headers, settings.trusted_proxies,
+                             cookie_filter=cookies.for_app),
+        forwarder=forwarder, metrics=metrics,
+    )
+
+    cors = CorsPolicy(settings.cors)
     middlewares = [
-        # 1. request id, metrics, access log, and SidecarError -> HTTP in one place.
-        edge_middleware(metrics, log, mapper, access_log=settings.logging.access_log),
+        # 1. request id, metrics, access log, and every error -> HTTP in one place.
+        edge_middleware(metrics, log, ErrorMapper(login_path=LOGIN_PATH, public_origin=origin),
+                        access_log=settings.logging.access_log),
     ]
     if cors:
         # 2. CORS preflights for the allowed origins, answered before any authentication.
         middlewares.append(cors_middleware(cors, metrics))
+    # 3. /auth/* routes, then the gate (authenticate -> rules -> identity headers -> the app).
     app = web.Application(
         middlewares=middlewares,
         handler_args={"max_field_size": MAX_FIELD, "max_line_size": MAX_FIELD},
     )
-    app[SETTINGS] = settings
-    app[METRICS] = metrics
-    app[CLOCK] = clock
-    app[RUNTIME] = runtime
+    app[PROVIDER] = provider
+    app[FORWARDER] = forwarder
+    app[HEALTH] = health
     # Headers of every response, streamed ones included: request id, CORS, refreshed cookies.
     app.on_response_prepare.append(response_decorator(cors if cors else None))
+    app.cleanup_ctx.extend([
+        _resource(provider.start, provider.close),
+        _resource(forwarder.start, forwarder.close),
+        _resource(None, authenticator.close),
+        _resource(None, transactions.close),
+    ])
 
-    async def lifetime(_app: web.Application) -> AsyncIterator[None]:
-        await runtime.start()
-        yield
-        await sessions.close()
-        await runtime.close()
+    async def flush(_app: web.Application) -> None:
         flush_logs(log)
 
     async def on_shutdown(_app: web.Application) -> None:
         # Sidecar.stop() already gave open WebSockets their grace period; whatever is left is
         # closed with 1001 (going away).
-        runtime.closing = True
-        await runtime.forwarder.close_websockets()
+        health.closing = True
+        await forwarder.close_websockets()
 
-    app.cleanup_ctx.append(lifetime)
     app.on_shutdown.append(on_shutdown)
-    AuthRoutes(sessions).register(app.router, settings.me_alias)
+    app.on_cleanup.append(flush)
+    routes.register(app.router, settings.me_alias)
     # Everything else goes to the app.
     app.router.add_route("*", "/{tail:.*}", gate.handle)
     return app
 
 
-def create_admin_app(runtime: Runtime) -> web.Application:
-    """Liveness, readiness and metrics, on their own listener so they never shadow app routes."""
-    return admin.create_admin_app(runtime)
+def _resource(
+    start: Callable[[], Awaitable[None]] | None, close: Callable[[], Awaitable[None]]
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A ``cleanup_ctx`` entry for one resource: started with the app, closed with it (in reverse)."""
+
+    async def lifetime(_app: web.Application) -> AsyncIterator[None]:
+        if start is not None:
+            await start()
+        yield
+        await close()
+
+    return lifetime
+
+
+def admin_app_for(app: web.Application) -> web.Application:
+    """The admin listener of a proxied app made by :func:`create_app` (same health, same metrics)."""
+    return create_admin_app(app[HEALTH])

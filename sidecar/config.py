@@ -275,6 +275,12 @@ class Rule(Section):
         return out
 
 
+class LogoutSettings(Section):
+    # Where the browser lands after logout (default: app_url); an origin of app_url or
+    # allowed_return_origins, like return_to.
+    redirect_url: str | None = None
+
+
 class LoggingSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -304,6 +310,7 @@ class Settings(Section):
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # An alias of /auth/me served at this path as well (e.g. "/me"); empty for none.
     me_alias: str | None = None
+    logout: LogoutSettings = LogoutSettings()
     logging: LoggingSettings = LoggingSettings()
     # Processes sharing the ports (SO_REUSEPORT); `serve --workers N` overrides.
     workers: int = Field(1, ge=1, le=64)

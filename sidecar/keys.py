@@ -1,28 +1,18 @@
-"""Every typed application and request key: the whole map of shared state at a glance.
+"""Every typed request key: the per-request state shared between the middleware and the handlers.
 
-Objects stored under app keys are created before the app starts and never reassigned (a started
-aiohttp app is frozen); objects that need I/O to become ready (sessions, the JWKS cache) live on
-:class:`sidecar.runtime.Runtime`, filled in by ``cleanup_ctx``.
+A leaf: it imports nothing of the sidecar's but the :class:`~sidecar.identity.Identity` type. Each
+long-lived resource's application key lives beside its type (``sidecar.oidc.provider.PROVIDER``,
+``sidecar.proxy.forward.FORWARDER``, ``sidecar.admin.HEALTH``), stored once before the app starts and
+never reassigned (a started aiohttp app is frozen).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from sidecar.config import Settings
-from sidecar.identity import Clock, Identity
-from sidecar.observability import Metrics
-
-if TYPE_CHECKING:
-    from sidecar.runtime import Runtime
-
-SETTINGS = web.AppKey("authsidecar.settings", Settings)
-METRICS = web.AppKey("authsidecar.metrics", Metrics)
-CLOCK: web.AppKey[Clock] = web.AppKey("authsidecar.clock")
-RUNTIME: web.AppKey[Runtime] = web.AppKey("authsidecar.runtime")
+from sidecar.identity import Identity
 
 # Callables applied to the response just before its headers are sent (new cookies after a refresh).
 RESPONSE_HOOKS: web.RequestKey[list[Callable[[web.StreamResponse], None]]] = web.RequestKey(

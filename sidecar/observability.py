@@ -14,7 +14,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, MutableMapping
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -266,3 +266,13 @@ def make_logger(
     object.__setattr__(logger, "_access_level", _LEVELS[level])
     object.__setattr__(logger, "_json", fmt == "json")
     return logger
+
+
+class Logger(Protocol):
+    """What the sidecar calls on its logger (a structlog bound logger from :func:`make_logger`)."""
+
+    def debug(self, event: str, /, **fields: Any) -> Any: ...
+    def info(self, event: str, /, **fields: Any) -> Any: ...
+    def warning(self, event: str, /, **fields: Any) -> Any: ...
+    def error(self, event: str, /, **fields: Any) -> Any: ...
+    def exception(self, event: str, /, **fields: Any) -> Any: ...

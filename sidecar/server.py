@@ -19,7 +19,8 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from sidecar.keys import RUNTIME
+from sidecar.admin import HEALTH
+from sidecar.proxy.forward import FORWARDER
 
 _quiet = logging.getLogger("authsidecar.server")
 
@@ -111,12 +112,14 @@ class Sidecar:
         # 1. No new connections; readiness already reports shutting down.
         for site in list(self.runner.sites):
             await site.stop()
-        runtime = self.app.get(RUNTIME)
-        if runtime is not None:
-            runtime.closing = True
+        health = self.app.get(HEALTH)
+        if health is not None:
+            health.closing = True
+        forwarder = self.app.get(FORWARDER)
+        if forwarder is not None:
             # 2. Open WebSockets get the grace period to end on their own, before aiohttp's own
             # shutdown, which stops reading from every connection at once.
-            await runtime.forwarder.drain_websockets(self.settings.listen.shutdown_grace)
+            await forwarder.drain_websockets(self.settings.listen.shutdown_grace)
         # 3. Idle connections closed, in-flight requests given the grace period, resources freed.
         await self.runner.cleanup()
         await self.admin_runner.cleanup()

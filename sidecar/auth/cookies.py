@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from http.cookies import SimpleCookie
+from http.cookies import Morsel, SimpleCookie
 from typing import Literal, TypedDict
+
+from aiohttp._cookie_helpers import parse_cookie_header as _aiohttp_parse_cookie_header
 
 from sidecar.config import CookieSettings, CsrfSettings
 
@@ -252,3 +254,28 @@ def stale(name: str, present_names: Iterable[str], new_count: int) -> list[str]:
     keep = {name} if new_count == 1 else {chunk_name(name, i) for i in range(new_count)}
     found = {n for n in present_names if n == name or _chunk_index(name, n) is not None}
     return sorted(found - keep, key=lambda n: (n != name, _chunk_index(name, n) or 0, n))
+
+
+def parse_cookie_header(raw: str) -> list[tuple[str, Morsel[str]]]:
+    """RFC 6265 §5.4 pairs of a ``Cookie`` header, as aiohttp parses ``request.cookies``."""
+    return _aiohttp_parse_cookie_header(raw)
+
+
+def filter_cookie_header(raw: str, sidecar_cookie: Callable[[str], object]) -> str | None:
+    """``raw`` without the sidecar's cookies (RFC 6265 §5.4 pairs); ``None`` if nothing is left.
+
+    The pairs come from aiohttp's Cookie parser and are rebuilt as ``name=value`` joined by
+    ``"; "`` with each value exactly as received (quotes included), so a header a browser sent
+    comes out byte-exact. What the parser does not understand is not passed on.
+    """
+    return filter_cookie_pairs(raw, parse_cookie_header(raw), sidecar_cookie)
+
+
+def filter_cookie_pairs(raw: str, parsed: Iterable[tuple[str, Morsel[str]]],
+                        sidecar_cookie: Callable[[str], object]) -> str | None:
+    """:func:`filter_cookie_header` for a header already parsed by :func:`parse_cookie_header`.
+
+    ``sidecar_cookie(name)`` is true for the sidecar's own names (``CookieNames.pattern.match``).
+    """
+    kept = "; ".join(f"{n}={m.coded_value}" for n, m in parsed if not sidecar_cookie(n))
+    return (raw if kept == raw else kept) or None

@@ -127,3 +127,9 @@ def origin_allowed(
 ) -> bool:
     """One-off form of :meth:`OriginPolicy.allows`; build an :class:`OriginPolicy` once for the hot path."""
     return OriginPolicy(allowed_origins, self_origin).allows(origin, sec_fetch_site, referer)
+
+
+def is_websocket_upgrade(method: str, upgrade: str | None) -> bool:
+    """Whether a request asks to upgrade to a WebSocket (RFC 6455 §4.1): its handshake carries the
+    browser's cookies cross-site like any GET, so it gets the Origin check (§10.2)."""
+    return upgrade is not None and upgrade.lower() == "websocket" and method == "GET"

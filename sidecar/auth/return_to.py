@@ -90,14 +90,15 @@ class ReturnToPolicy:
         self.app_origin = app_origin
         self.origins: frozenset[str] = frozenset(origins)
 
-    def resolve(self, candidate: str | None) -> str:
-        """A safe absolute URL for ``candidate``, or ``app_url`` when it is missing or unsafe."""
+    def resolve(self, candidate: str | None, default: str | None = None) -> str:
+        """A safe absolute URL for ``candidate``; ``default`` (``app_url``) when missing or unsafe."""
+        fallback = default or self.app_url
         if not candidate or len(candidate) > MAX_LENGTH or not _URI_CHARS.fullmatch(candidate):
-            return self.app_url
+            return fallback
         if candidate.startswith("/"):
             path = _PATH_END.split(candidate, maxsplit=1)[0]
-            return self.app_origin + candidate if _safe_path(path) else self.app_url
-        return self._absolute(candidate) or self.app_url
+            return self.app_origin + candidate if _safe_path(path) else fallback
+        return self._absolute(candidate) or fallback
 
     def _absolute(self, candidate: str) -> str | None:
         origin = origin_of(candidate)

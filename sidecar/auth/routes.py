@@ -1,7 +1,7 @@
 """/auth/login, /auth/callback, /auth/refresh, /auth/logout, /auth/me.
 
-Each handler reads the request, calls the pure modules and the session service, and returns one
-response. Errors are raised as :mod:`sidecar.errors` values and turned into HTTP by the edge
+Each handler reads the request, calls the pure modules, the authenticator and the session store,
+and returns one response. Errors are raised as :mod:`sidecar.errors` values and turned into HTTP by the edge
 middleware; no handler builds an error body.
 """
 
@@ -15,12 +15,17 @@ from typing import Any
 from aiohttp import web
 
 from sidecar.auth import pkce
-from sidecar.auth.flow import SessionService
-from sidecar.auth.transaction import Transaction
+from sidecar.auth.authenticate import Authenticator
+from sidecar.auth.return_to import ReturnToPolicy
+from sidecar.auth.session import CookieStore, Tokens
+from sidecar.auth.transaction import Transaction, TransactionStore
+from sidecar.config import Settings
 from sidecar.errors import FlowRejected, ProviderError, TokenRejected
-from sidecar.identity import Identity
+from sidecar.identity import Clock, Identity
 from sidecar.keys import ROUTE_CLASS
-from sidecar.oidc.discovery import ProviderMetadata, authorize_url, logout_redirect
+from sidecar.observability import Logger, Metrics
+from sidecar.oidc.client import OidcClient
+from sidecar.oidc.discovery import authorize_url, logout_redirect
 
 # Provider error codes (RFC 6749 §4.1.2.1, OIDC Core §3.1.2.6) are short identifiers; anything else
 # is reported as "provider_error" so no attacker-chosen text is reflected.
@@ -52,14 +57,22 @@ def identity_json(identity: Identity) -> dict[str, Any]:
 
 
 class AuthRoutes:
-    def __init__(self, service: SessionService) -> None:
-        self.s = service
-        settings = service.settings
+    def __init__(self, *, settings: Settings, authenticator: Authenticator, store: CookieStore,
+                 transactions: TransactionStore, return_to: ReturnToPolicy, metrics: Metrics,
+                 log: Logger, clock: Clock) -> None:
         self.settings = settings
         self.oidc = settings.oidc
+        self.auth = authenticator
+        self.provider = authenticator.provider
+        self.store = store
+        self.transactions = transactions
+        self.return_to = return_to
         self.passthrough = frozenset(settings.oidc.passthrough_params)
-        self.metrics = service.runtime.metrics
-        self.log = service.runtime.log
+        self.metrics = metrics
+        self.log = log
+        self.clock = clock
+        # Where the browser lands after logout (validated like return_to at the door).
+        self.after_logout = settings.logout.redirect_url or settings.app_url
 
     def register(self, router: web.UrlDispatcher, me_alias: str | None) -> None:
         router.add_get("/auth/login", self.login)
@@ -72,14 +85,6 @@ class AuthRoutes:
             router.add_get(me_alias, self.me)
         # /auth/* belongs to the sidecar: nothing under it reaches the app.
         router.add_route("*", "/auth/{tail:.*}", self.unknown)
-
-
-    @property
-    def meta(self) -> ProviderMetadata:
-        meta = self.s.runtime.meta
-        if meta is None:
-            raise ProviderError("not_ready")
-        return meta
 
     def _event(self, event: str, outcome: str) -> None:
         self.metrics.flow_events.labels(event, outcome).inc()
@@ -95,8 +100,8 @@ class AuthRoutes:
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         request[ROUTE_CLASS] = "auth"
-        meta = self.meta
-        return_to = self.s.return_to.resolve(request.query.get("return_to"))
+        meta = self.provider.get().meta
+        return_to = self.return_to.resolve(request.query.get("return_to"))
         state, verifier, nonce = pkce.new_state(), pkce.new_verifier(), pkce.new_nonce()
         extra = {
             k: v for k, v in request.query.items()
@@ -108,8 +113,8 @@ class AuthRoutes:
             code_challenge=pkce.challenge_s256(verifier), extra=extra,
         )
         response = web.Response(status=302, headers={"Location": location})
-        tx = Transaction(verifier=verifier, nonce=nonce, return_to=return_to, created=self.s.runtime.clock())
-        await self.s.transactions.begin(request, response, state, tx)
+        tx = Transaction(verifier=verifier, nonce=nonce, return_to=return_to, created=self.clock())
+        await self.transactions.begin(request, response, state, tx)
         self._event("login", "redirected")
         self.log.info("login_started")
         return response
@@ -126,7 +131,7 @@ class AuthRoutes:
             target = self.settings.app_url
             if state:
                 with contextlib.suppress(FlowRejected):
-                    target = (await self.s.transactions.take(request, response, state))["return_to"]
+                    target = (await self.transactions.take(request, response, state))["return_to"]
             self._event("callback", code)
             self.log.info("login_refused_by_provider", error=code)
             sep = "&" if "?" in target.split("#", 1)[0] else "?"
@@ -142,12 +147,14 @@ class AuthRoutes:
             self._event("callback", "missing_code")
             raise FlowRejected("missing_code")
         try:
-            tx = await self.s.transactions.take(request, response, state)
+            tx = await self.transactions.take(request, response, state)
         except FlowRejected as exc:
             self._event("callback", exc.reason)
             raise
+        provider = self.provider.get()
         try:
-            tokens = await self.s.client.exchange_code(auth_code, tx["verifier"], self.settings.callback_url)
+            tokens = await provider.client.exchange_code(auth_code, tx["verifier"],
+                                                         self.settings.callback_url)
         except ProviderError as exc:
             self._event("callback", "provider_error")
             self.log.warning("code_exchange_failed", reason=exc.reason)
@@ -155,20 +162,23 @@ class AuthRoutes:
         if tokens.id_token is None:
             raise ProviderError("token_invalid_response", "no id_token")
         try:
-            claims = await self.s.validator.id_token(tokens.id_token, nonce=tx["nonce"])
-            identity = await self.s.validator.access(tokens.access_token)
+            claims = await provider.validator.id_token(tokens.id_token, nonce=tx["nonce"])
+            identity = await provider.validator.access(tokens.access_token)
         except TokenRejected as exc:
             self._event("callback", "invalid_token")
             self.log.warning("callback_token_rejected", reason=exc.reason)
             reason = "nonce_mismatch" if exc.reason == "nonce_mismatch" else "invalid_token"
             raise FlowRejected(reason) from None
+        # Both tokens must name the same user (OIDC Core §3.1.3.7 checks the ID token; the access
+        # token is what every later request is judged by).
         if claims.get("sub") != identity.sub:
+            self._event("callback", "subject_mismatch")
             raise FlowRejected("subject_mismatch")
-        present = self.s.present(request)
-        self.s.cookies.write(
-            response, present, access_token=tokens.access_token, access_exp=identity.expires_at,
-            id_token=tokens.id_token, refresh_token=tokens.refresh_token, sub=identity.sub,
-        )
+        apply = await self.store.save(request, Tokens(
+            access_token=tokens.access_token, access_exp=identity.expires_at, sub=identity.sub,
+            id_token=tokens.id_token, refresh_token=tokens.refresh_token,
+        ))
+        apply(response)
         response.headers["Location"] = tx["return_to"]
         self._event("callback", "ok")
         self.log.info("login", sub=identity.sub)
@@ -178,91 +188,83 @@ class AuthRoutes:
 
     async def refresh(self, request: web.Request) -> web.StreamResponse:
         request[ROUTE_CLASS] = "auth"
-        present = self.s.present(request)
-        refresh_token = self.s.cookies.read(present, "refresh")
-        if not refresh_token:
+        session = await self.store.load(request)
+        if not session.refresh_token:
             self._event("refresh", "missing")
             raise TokenRejected("missing")
-        sub = await self.s.session_sub(present)
-        self.s.check_csrf(request, present, sub or "")
-        identity = await self.s.renew(request, refresh_token)
+        # The CSRF token is bound to the session's user: its (possibly expired) ID token says who.
+        sub = await self.auth.session_sub(session)
+        self.auth.check_csrf(request, session, sub or "")
+        identity, _ = await self.auth.renew(request, session.refresh_token)
         return web.json_response(identity_json(identity))
 
     # -- me -------------------------------------------------------------------------------------
 
     async def me(self, request: web.Request) -> web.StreamResponse:
         request[ROUTE_CLASS] = "auth"
-        present = self.s.present(request)
-        token = self.s.cookies.read(present, "access")
-        identity: Identity | None = None
-        if token:
-            try:
-                identity = await self.s.validator.access(token)
-            except TokenRejected as exc:
-                if exc.reason != "expired":
-                    raise
-        if identity is None:
-            refresh_token = self.s.refresh_token(request, present)
-            if not refresh_token:
-                raise TokenRejected("expired" if token else "missing")
-            identity = await self.s.renew(request, refresh_token)
-        identity = await self.s.enrich(identity, present)
+        caller = await self.auth.authenticate(request)
         # Personal data: never stored by a cache, also at the alias outside /auth/ (RFC 9111 §5.2.2.5).
-        return web.json_response(identity_json(identity), headers={"Cache-Control": "no-store"})
+        return web.json_response(identity_json(caller.identity), headers={"Cache-Control": "no-store"})
 
     # -- logout ---------------------------------------------------------------------------------
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
         request[ROUTE_CLASS] = "auth"
-        present = self.s.present(request)
+        session = await self.store.load(request)
         if request.method == "POST":
-            sub = await self.s.session_sub(present)
+            sub = await self.auth.session_sub(session)
             if sub is not None:
-                self.s.check_csrf(request, present, sub)
+                self.auth.check_csrf(request, session, sub)
             else:
-                self.s.check_origin(request)
+                self.auth.check_origin(request)
         elif self._cross_site(request):
             # Another site cannot log users out with a link or an <img>: ask the user.
             self._event("logout", "confirm")
             body = _CONFIRM_PAGE.format(action="/auth/logout", app=html.escape(self.settings.app_url))
             return web.Response(text=body, content_type="text/html")
-        refresh_token = self.s.cookies.read(present, "refresh")
-        access_token = self.s.cookies.read(present, "access")
-        id_token = self.s.cookies.read(present, "id")
+        # Validated exactly like login's return_to; anything unsafe lands on logout.redirect_url.
+        landing = self.return_to.resolve(request.query.get("return_to"), default=self.after_logout)
         outcome = "ok"
-        client = self.s.runtime.client
-        # GlobalSignOut first: the access token authorizes it, and revoking the refresh token also
-        # revokes the access tokens issued from it (Cognito), after which GlobalSignOut is refused.
-        if client is not None and self.oidc.global_sign_out and access_token:
-            try:
-                await client.global_sign_out(access_token)
-            except ProviderError as exc:
-                outcome = "global_sign_out_failed"
-                self.log.warning("global_sign_out_failed", reason=exc.reason)
-        if client is not None and refresh_token:
-            try:
-                await client.revoke(refresh_token)
-            except ProviderError as exc:
-                outcome = "revoke_failed"
-                self.log.warning("revoke_failed", reason=exc.reason)
-        meta = self.s.runtime.meta
+        provider = self.provider.current
+        if provider is not None:
+            outcome = await self._end_at_provider(provider.client, session.access_token,
+                                                  session.refresh_token)
         target = None
-        if meta is not None:
-            target = logout_redirect(meta, client_id=self.oidc.client_id,
-                                     post_logout_uri=self.settings.app_url, id_token_hint=id_token)
-        target = target or self.settings.app_url
+        if provider is not None:
+            target = logout_redirect(provider.meta, client_id=self.oidc.client_id,
+                                     post_logout_uri=landing, id_token_hint=session.id_token)
+        target = target or landing
         if request.method == "POST" and "application/json" in request.headers.get("Accept", ""):
             response: web.Response = web.json_response({"logout_url": target})
         else:
             response = web.Response(status=303 if request.method == "POST" else 302,
                                     headers={"Location": target})
-        self.s.cookies.clear(response, present)
+        (await self.store.clear(request))(response)
         self._event("logout", outcome)
         self.log.info("logout", outcome=outcome)
         return response
+
+    async def _end_at_provider(self, client: OidcClient, access_token: str | None,
+                               refresh_token: str | None) -> str:
+        outcome = "ok"
+        # GlobalSignOut first: the access token authorizes it, and revoking the refresh token also
+        # revokes the access tokens issued from it (Cognito), after which GlobalSignOut is refused.
+        if self.oidc.global_sign_out and access_token:
+            try:
+                await client.global_sign_out(access_token)
+            except ProviderError as exc:
+                outcome = "global_sign_out_failed"
+                self.log.warning("global_sign_out_failed", reason=exc.reason)
+        if refresh_token:
+            try:
+                await client.revoke(refresh_token)
+            except ProviderError as exc:
+                outcome = "revoke_failed"
+                self.log.warning("revoke_failed", reason=exc.reason)
+        return outcome
 
     def _cross_site(self, request: web.Request) -> bool:
         headers = request.headers
         if headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
             return True
-        return not self.s.origins.allows(headers.get("Origin"), None, headers.get("Referer"))
+        return not self.auth.origins.allows(headers.get("Origin"), None, headers.get("Referer"))

@@ -19,13 +19,12 @@ from typing import Any
 
 from aiohttp import web
 
-from sidecar.app import create_admin_app, create_app
+from sidecar.app import admin_app_for, create_app
 from sidecar.config import Settings, parse_settings
 from sidecar.dev.provider import DevProvider, ProviderConfig, start_provider
 from sidecar.dev.spa import SPA_PUBLIC_PATHS, spa_middleware
 from sidecar.dev.upstream import UPSTREAM_STATS, UpstreamStats, create_upstream_app
 from sidecar.dev.users import DEFAULT_USERS
-from sidecar.keys import RUNTIME
 from sidecar.server import Sidecar
 
 BANNER = """
@@ -114,7 +113,7 @@ async def dev_stack(*, host: str = "127.0.0.1", port: int = 8080, admin_port: in
         settings = dev_settings(issuer=issuer, upstream_url=upstream_url, host=host, port=port,
                                 admin_port=admin_port, public_host=public_host, overrides=overrides)
         app = create_app(settings)
-        sidecar = Sidecar(app, create_admin_app(app[RUNTIME]), settings)
+        sidecar = Sidecar(app, admin_app_for(app), settings)
         await sidecar.start()
         yield DevStack(provider, sidecar, settings, issuer, upstream_url, upstream_app[UPSTREAM_STATS])
     finally:

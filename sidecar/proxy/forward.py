@@ -32,6 +32,7 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from sidecar.auth.csrf import is_websocket_upgrade
 from sidecar.config import UpstreamSettings
 from sidecar.errors import UpstreamError
 from sidecar.keys import UPSTREAM_SECONDS
@@ -57,8 +58,7 @@ _AnyWS = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
 def is_websocket(request: web.BaseRequest) -> bool:
     """Whether the request asks to upgrade to a WebSocket (RFC 6455 §4.1)."""
-    upgrade = request.headers.get("Upgrade")
-    return upgrade is not None and upgrade.lower() == "websocket" and request.method == "GET"
+    return is_websocket_upgrade(request.method, request.headers.get("Upgrade"))
 
 
 class Forwarder:
@@ -323,3 +323,6 @@ async def _pump(src: _AnyWS, dst: _AnyWS, *, gone: int, lost: int) -> None:
 def _sendable(code: int) -> bool:
     """Whether a close code may appear in a close frame (RFC 6455 §7.4.1-§7.4.2)."""
     return (1000 <= code <= 1014 and code not in (1004, 1005, 1006)) or 3000 <= code <= 4999
+
+
+FORWARDER = web.AppKey("authsidecar.forwarder", Forwarder)

@@ -30,26 +30,15 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 from collections.abc import Callable, Iterable, Mapping
-from http.cookies import Morsel
 from typing import Any, Final, TypeVar
 
-from aiohttp._cookie_helpers import parse_cookie_header
 from multidict import CIMultiDict, MultiMapping
 
 from sidecar.config import IdentityHeaderSettings
 from sidecar.identity import Identity
 
-__all__ = [
-    "DEFAULT_SIDECAR_COOKIE", "HOP_BY_HOP", "HeaderPolicy", "filter_cookie_header", "filter_cookie_pairs",
-    "response_headers",
-]
-
-# The sidecar's own cookies: chunked token cookies (`access_token.0`, ...) and the login transaction.
-DEFAULT_SIDECAR_COOKIE: Final = re.compile(
-    r"^(?:__Host-)?(?:(?:access_token|id_token|refresh_token)(?:\.\d+)?|authsidecar_tx)$"
-)
+__all__ = ["HOP_BY_HOP", "HeaderPolicy", "response_headers"]
 
 # RFC 9110 §7.6.1, plus Proxy-Connection (never standard, still sent by old clients).
 HOP_BY_HOP: Final = frozenset(
@@ -129,14 +118,13 @@ class HeaderPolicy:
         self,
         settings: IdentityHeaderSettings,
         trusted_proxies: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
-        sidecar_cookie: re.Pattern[str] = DEFAULT_SIDECAR_COOKIE,
-        cookie_filter: Callable[[str], str | None] | None = None,
+        *,
+        cookie_filter: Callable[[str], str | None],
     ) -> None:
-        """``cookie_filter``: a shared cache of :func:`filter_cookie_header` with ``sidecar_cookie``
-        (the gate's ``CookieCache.for_app``); without one the policy keeps its own."""
+        """``cookie_filter``: a ``Cookie`` header without the sidecar's own cookies (the session
+        store's ``CookieCache.for_app``, built from ``CookieNames``: the one list of those names)."""
         self._trusted = tuple(trusted_proxies)
-        self._sidecar_cookie = sidecar_cookie
-        self._cookie_filter = cookie_filter or self._filter_cookies
+        self._cookie_filter = cookie_filter
         self._forward_token = settings.forward_access_token
         mapped = (settings.user_id, settings.email, settings.groups, settings.username)
         self._identity_names = frozenset(
@@ -150,7 +138,6 @@ class HeaderPolicy:
         self._actions: dict[str, int] = {}
         self._connections: dict[str, frozenset[str] | None] = {}
         self._trust: dict[str, bool] = {}
-        self._cookies: dict[str, str | None] = {}
         self._identities: dict[int, tuple[Identity, tuple[tuple[str, str], ...]]] = {}
 
     # -- per request -------------------------------------------------------------------------------
@@ -274,11 +261,6 @@ class HeaderPolicy:
                 trusted = any(ip in net for net in self._trusted)
         return _remember(self._trust, address, trusted)
 
-    def _filter_cookies(self, raw: str) -> str | None:
-        if raw in self._cookies:
-            return self._cookies[raw]
-        return _remember(self._cookies, raw, filter_cookie_header(raw, self._sidecar_cookie))
-
     def _identity_headers(self, identity: Identity) -> tuple[tuple[str, str], ...]:
         # Identities are cached per token upstream, so the same object comes back request after
         # request. The entry holds the object itself: its id cannot be reused while it is cached.
@@ -296,24 +278,6 @@ class HeaderPolicy:
         block = tuple((name, _clean(v)) for name, v in values if v)
         _remember(self._identities, id(identity), (identity, block))
         return block
-
-
-def filter_cookie_header(raw: str, sidecar_cookie: re.Pattern[str]) -> str | None:
-    """``raw`` without the sidecar's cookies (RFC 6265 §5.4 pairs); ``None`` if nothing is left.
-
-    The pairs come from aiohttp's Cookie parser and are rebuilt as ``name=value`` joined by
-    ``"; "`` with each value exactly as received (quotes included), so a header a browser sent
-    comes out byte-exact. What the parser does not understand is not passed on.
-    """
-    return filter_cookie_pairs(raw, parse_cookie_header(raw), sidecar_cookie)
-
-
-def filter_cookie_pairs(raw: str, parsed: Iterable[tuple[str, Morsel[str]]],
-                        sidecar_cookie: re.Pattern[str]) -> str | None:
-    """:func:`filter_cookie_header` for a header already parsed by ``parse_cookie_header``."""
-    match = sidecar_cookie.match
-    kept = "; ".join(f"{n}={m.coded_value}" for n, m in parsed if not match(n))
-    return (raw if kept == raw else kept) or None
 
 
 def response_headers(upstream: Mapping[str, str] | Iterable[tuple[str, str]]) -> CIMultiDict[str]:

@@ -16,10 +16,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
-from sidecar.admin import create_admin_app
+from sidecar.admin import Health, create_admin_app
 from sidecar.config import ENV_PREFIX, Settings, load_settings
 from sidecar.observability import Metrics, make_logger
-from sidecar.runtime import Runtime
+from sidecar.oidc.provider import ProviderLink
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
@@ -78,17 +78,20 @@ def flat_keys(data: Mapping[str, Any], prefix: str = "") -> set[str]:
 
 
 def admin_routes() -> set[str]:
-    app = create_admin_app(make_runtime())
+    app = create_admin_app(make_health())
     return {r.canonical for r in app.router.resources()}
 
 
-def make_runtime(settings: Settings = EXAMPLE) -> Runtime:
-    return Runtime(settings, Metrics(CollectorRegistry()), time.time, make_logger(stream=sys.stderr))
+def make_health(settings: Settings = EXAMPLE) -> Health:
+    """The health of a sidecar whose provider link has not connected yet."""
+    link = ProviderLink(settings.oidc, metrics=Metrics(CollectorRegistry()), clock=time.time,
+                        log=make_logger(stream=sys.stderr), cache_size=0, keep_claims=())
+    return Health(link, CollectorRegistry())
 
 
 def admin_app() -> web.Application:
     """The real admin app of a sidecar that has not loaded keys yet: /healthz 200, /readyz 503."""
-    return create_admin_app(make_runtime())
+    return create_admin_app(make_health())
 
 
 def probe_url(argv: Sequence[str]) -> str:

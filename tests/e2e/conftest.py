@@ -40,15 +40,15 @@ from aiohttp import web
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 from prometheus_client import CollectorRegistry
 
-from sidecar.app import create_admin_app, create_app
+from sidecar.app import admin_app_for, create_app
 from sidecar.config import Settings
 from sidecar.dev.provider import DevProvider, ProviderConfig, start_provider
 from sidecar.dev.run import dev_settings
 from sidecar.dev.spa import create_spa_app
 from sidecar.dev.upstream import UPSTREAM_STATS, UpstreamStats, create_upstream_app
 from sidecar.dev.users import DEFAULT_USERS
-from sidecar.keys import RUNTIME
 from sidecar.observability import make_logger
+from sidecar.oidc.provider import PROVIDER
 from sidecar.server import Sidecar
 from tests.flows.conftest import FakeClock
 
@@ -235,10 +235,10 @@ async def topology(certificates: Certificates) -> AsyncIterator[Topology]:
         logs = io.StringIO()
         log = make_logger(settings.logging.level, settings.logging.format, logs)
         sidecar_app = create_app(settings, clock=clock, registry=registry, log=log)
-        sidecar = Sidecar(sidecar_app, create_admin_app(sidecar_app[RUNTIME]), settings, sock=api_sock)
+        sidecar = Sidecar(sidecar_app, admin_app_for(sidecar_app), settings, sock=api_sock)
         exits.push_async_callback(sidecar.stop)
         await sidecar.start()
-        await sidecar_app[RUNTIME].connected.wait()
+        await sidecar_app[PROVIDER].connected.wait()
         yield Topology(
             provider=provider, clock=clock, settings=settings, registry=registry,
             upstream_stats=upstream_app[UPSTREAM_STATS], app=app, api=api,

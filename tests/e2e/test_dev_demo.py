@@ -16,7 +16,7 @@ from aiohttp.test_utils import unused_port
 from playwright.async_api import BrowserContext, Page, expect
 
 from sidecar.dev.run import dev_stack
-from sidecar.keys import RUNTIME
+from sidecar.oidc.provider import PROVIDER
 from tests.e2e.conftest import artifact, call_api, jar, sign_in_at_provider
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
@@ -28,7 +28,7 @@ async def test_the_dev_demo_logs_in_calls_the_api_and_logs_out(page: Page, conte
     update_docs = os.environ.get("AUTHSIDECAR_UPDATE_DOCS") == "1"
     port = 8080 if update_docs else unused_port()
     async with dev_stack(port=port, admin_port=0) as stack:
-        await stack.sidecar.runner.app[RUNTIME].connected.wait()
+        await stack.sidecar.runner.app[PROVIDER].connected.wait()
         home = f"http://localhost:{port}/"
         alice = stack.provider.user("alice")
         assert alice is not None

@@ -24,17 +24,20 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
-from sidecar.app import create_admin_app, create_app
+from sidecar.admin import HEALTH, Health
+from sidecar.app import admin_app_for, create_app
 from sidecar.config import Settings
 from sidecar.dev.provider import DevProvider, ProviderConfig, start_provider
 from sidecar.dev.run import dev_settings
 from sidecar.dev.upstream import UPSTREAM_STATS, UpstreamStats, create_upstream_app
 from sidecar.dev.users import DEFAULT_USERS
-from sidecar.keys import RUNTIME
 from sidecar.observability import make_logger
-from sidecar.runtime import Runtime
+from sidecar.oidc.jwks import JwksCache
+from sidecar.oidc.provider import PROVIDER, ProviderLink
 from sidecar.server import Sidecar
 
+# A sign-out URL the test provider knows besides the app's root (for logout.redirect_url).
+SIGNED_OUT = "/signed-out"
 PASSWORDS = {u.username: u.password for u in DEFAULT_USERS}
 
 
@@ -55,7 +58,8 @@ class FakeClock:
 class Stack:
     provider: DevProvider
     settings: Settings
-    runtime: Runtime
+    link: ProviderLink
+    health: Health
     registry: CollectorRegistry
     clock: FakeClock
     upstream_stats: UpstreamStats
@@ -68,6 +72,13 @@ class Stack:
 
     def url(self, path: str) -> str:
         return self.base + path
+
+    @property
+    def jwks(self) -> JwksCache:
+        """The provider's key cache (the link has connected: the fixtures wait for it)."""
+        provider = self.link.current
+        assert provider is not None
+        return provider.keys
 
     async def browser(self) -> aiohttp.ClientSession:
         """A client with a cookie jar (cookies for 127.0.0.1 accepted, as a browser would)."""
@@ -134,7 +145,8 @@ async def make_stack() -> AsyncIterator[StackFactory]:
             base = f"http://127.0.0.1:{port}"
             config = ProviderConfig(
                 redirect_uris=(f"{base}/auth/callback",),
-                logout_uris=(f"{base}/",),
+                # The app's page and a public landing page for the post-logout tests.
+                logout_uris=(f"{base}/", f"{base}{SIGNED_OUT}"),
                 **(provider_config or {}),
             )
             provider = DevProvider(config, clock)
@@ -149,6 +161,9 @@ async def make_stack() -> AsyncIterator[StackFactory]:
             upstream_url = f"http://127.0.0.1:{upstream_runner.addresses[0][1]}"
 
             overrides.setdefault("logging", {"level": "debug", "format": "json"})
+            if "logout" in overrides:
+                # The sidecar's own URL is known only now: "{base}" stands for it.
+                overrides["logout"] = {k: v.format(base=base) for k, v in overrides["logout"].items()}
             settings = dev_settings(issuer=issuer, upstream_url=upstream_url, host="127.0.0.1",
                                     port=port, admin_port=0, public_host="127.0.0.1",
                                     overrides=overrides)
@@ -156,13 +171,14 @@ async def make_stack() -> AsyncIterator[StackFactory]:
             logs = io.StringIO()
             log = make_logger(settings.logging.level, settings.logging.format, logs)
             app = create_app(settings, clock=clock, registry=registry, log=log)
-            runtime = app[RUNTIME]
-            sidecar = Sidecar(app, create_admin_app(runtime), settings, sock=sock)
+            link = app[PROVIDER]
+            sidecar = Sidecar(app, admin_app_for(app), settings, sock=sock)
             exits.push_async_callback(sidecar.stop)
             await sidecar.start()
-            await runtime.connected.wait()
+            await link.connected.wait()
             return Stack(
-                provider=provider, settings=settings, runtime=runtime, registry=registry, clock=clock,
+                provider=provider, settings=settings, link=link, health=app[HEALTH], registry=registry,
+                clock=clock,
                 upstream_stats=upstream_app[UPSTREAM_STATS], upstream_url=upstream_url, base=base,
                 admin=f"http://127.0.0.1:{sidecar.admin_port}", logs=logs, _exit=exits, sidecar=sidecar,
             )

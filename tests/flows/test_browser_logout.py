@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import aiohttp
 import pytest
 from yarl import URL
@@ -19,7 +21,7 @@ from tests.flows.browser_support import (
     query_of,
     set_cookie_map,
 )
-from tests.flows.conftest import Stack, StackFactory
+from tests.flows.conftest import SIGNED_OUT, Stack, StackFactory
 
 ADMIN_SCOPES = ["openid", "email", "profile", "aws.cognito.signin.user.admin"]
 FROM_THE_SPA = {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "navigate"}
@@ -281,3 +283,43 @@ async def test_logout_without_a_session_still_ends_at_the_provider(stack: Stack)
     _assert_provider_logout(stack, answer.headers["Location"])
     assert stack.provider.calls["revoke"] == 0
     assert URL(answer.headers["Location"]).host == "127.0.0.1"
+
+
+# -- where the browser lands after logout ---------------------------------------------------------------
+
+async def _logout_target(stack: Stack, query: str = "") -> str:
+    browser = await _logged_in(stack)
+    answer = await browser.get(stack.url("/auth/logout" + query), headers=_spa_headers(stack),
+                               allow_redirects=False)
+    assert answer.status == 302
+    location = answer.headers["Location"]
+    assert location.split("?", 1)[0] == stack.provider.url("/logout")
+    landing = query_of(location)["logout_uri"]
+    # The provider (registered sign-out URLs only, as Cognito) sends the browser on to it.
+    provider_logout = await browser.get(location, allow_redirects=False)
+    assert provider_logout.status == 302
+    assert provider_logout.headers["Location"] == landing
+    return landing
+
+
+async def test_logout_lands_on_logout_redirect_url_when_configured(make_stack: StackFactory) -> None:
+    stack = await make_stack(logout={"redirect_url": "{base}" + SIGNED_OUT})
+    assert await _logout_target(stack) == stack.url(SIGNED_OUT)
+
+
+async def test_logout_honours_a_safe_return_to_like_login_does(make_stack: StackFactory) -> None:
+    stack = await make_stack()
+    assert await _logout_target(stack, "?return_to=" + SIGNED_OUT) == stack.url(SIGNED_OUT)
+
+
+@pytest.mark.parametrize(
+    "return_to",
+    ["https://evil.test/", "//evil.test/", "/\\evil.test", "https:evil.test", "http://127.0.0.1@evil.test/",
+     "javascript:alert(1)"],
+    ids=["foreign-origin", "scheme-relative", "backslash", "scheme-no-slashes", "userinfo", "javascript"],
+)
+async def test_logout_refuses_an_unsafe_return_to_and_lands_on_the_default(
+    make_stack: StackFactory, return_to: str,
+) -> None:
+    stack = await make_stack()
+    assert await _logout_target(stack, "?return_to=" + quote(return_to, safe="")) == stack.settings.app_url

@@ -16,13 +16,13 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from sidecar.app import create_admin_app, create_app
+from sidecar.app import admin_app_for, create_app
 from sidecar.dev.provider import DevProvider, ProviderConfig, start_provider
 from sidecar.dev.run import dev_settings
 from sidecar.dev.upstream import create_upstream_app
-from sidecar.keys import RUNTIME
 from sidecar.observability import make_logger
-from sidecar.runtime import Runtime
+from sidecar.oidc.jwks import JwksCache
+from sidecar.oidc.provider import PROVIDER, ProviderLink
 from sidecar.server import Sidecar
 from tests.flows.conftest import FakeClock, Stack
 
@@ -105,10 +105,16 @@ class ColdStart:
     """A sidecar started while the provider's JWKS endpoint fails."""
 
     provider: DevProvider
-    runtime: Runtime
+    link: ProviderLink
     clock: FakeClock
     base: str
     admin: str
+
+    @property
+    def jwks(self) -> JwksCache:
+        provider = self.link.current
+        assert provider is not None
+        return provider.keys
 
 
 @pytest.fixture
@@ -129,12 +135,12 @@ async def cold_start() -> AsyncIterator[ColdStart]:
                                 host="127.0.0.1", port=0, admin_port=0, public_host="127.0.0.1")
         app = create_app(settings, clock=clock, registry=CollectorRegistry(),
                          log=make_logger("debug", "json", io.StringIO()))
-        runtime = app[RUNTIME]
-        sidecar = Sidecar(app, create_admin_app(runtime), settings)
+        link = app[PROVIDER]
+        sidecar = Sidecar(app, admin_app_for(app), settings)
         await sidecar.start()
         exits.push_async_callback(sidecar.stop)
-        await runtime.connected.wait()
-        yield ColdStart(provider, runtime, clock, f"http://127.0.0.1:{sidecar.port}",
+        await link.connected.wait()
+        yield ColdStart(provider, link, clock, f"http://127.0.0.1:{sidecar.port}",
                         f"http://127.0.0.1:{sidecar.admin_port}")
 
 
@@ -148,8 +154,7 @@ async def test_readyz_is_503_until_the_signing_keys_load_and_200_after(
         assert health.status == 200
 
     cold_start.provider.set_failure("jwks", "ok")
-    assert cold_start.runtime.jwks is not None
-    assert await cold_start.runtime.jwks.refresh() is True
+    assert await cold_start.jwks.refresh() is True
 
     async with client.get(cold_start.admin + "/readyz") as ready:
         assert ready.status == 200
@@ -170,8 +175,7 @@ async def test_a_request_before_the_signing_keys_load_gets_503_not_a_login_loop(
         assert page.status == 503
 
     cold_start.provider.set_failure("jwks", "ok")
-    assert cold_start.runtime.jwks is not None
-    assert await cold_start.runtime.jwks.refresh() is True
+    assert await cold_start.jwks.refresh() is True
     async with client.get(cold_start.base + "/api", headers=headers) as resp:
         assert resp.status == 200
 

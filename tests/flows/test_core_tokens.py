@@ -368,9 +368,8 @@ async def test_the_last_good_keys_keep_working_when_the_jwks_endpoint_fails_at_r
 ) -> None:
     stack = await make_stack(oidc=oidc)
     stack.provider.set_failure("jwks", mode)  # type: ignore[arg-type]
-    assert stack.runtime.jwks is not None
 
-    assert await stack.runtime.jwks.refresh() is False
+    assert await stack.jwks.refresh() is False
 
     # A token never seen before: verified with the kept key, not answered from the cache.
     assert (await get(client, stack, stack.provider.mint_access_token("alice"))).status == 200
@@ -403,9 +402,8 @@ async def test_a_rotated_key_is_picked_up_by_an_unknown_kid_fetch_once_the_coold
 async def test_a_rotated_key_is_used_without_any_fetch_after_a_refresh(
     stack: Stack, client: aiohttp.ClientSession
 ) -> None:
-    assert stack.runtime.jwks is not None
     stack.provider.rotate_keys()
-    assert await stack.runtime.jwks.refresh() is True
+    assert await stack.jwks.refresh() is True
     fetches = stack.provider.calls["jwks"]
 
     assert (await get(client, stack, stack.provider.mint_access_token("alice"))).status == 200
@@ -415,12 +413,11 @@ async def test_a_rotated_key_is_used_without_any_fetch_after_a_refresh(
 async def test_a_token_of_a_withdrawn_key_is_refused_even_after_it_was_accepted_and_cached(
     stack: Stack, client: aiohttp.ClientSession
 ) -> None:
-    assert stack.runtime.jwks is not None
     old = stack.provider.mint_access_token("alice")
     assert (await get(client, stack, old)).status == 200
 
     stack.provider.rotate_keys(keep_old=False)
-    assert await stack.runtime.jwks.refresh() is True
+    assert await stack.jwks.refresh() is True
 
     await assert_unauthorized(await get(client, stack, old), "unknown_kid")
     assert (await get(client, stack, stack.provider.mint_access_token("alice"))).status == 200

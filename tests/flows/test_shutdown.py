@@ -25,7 +25,7 @@ async def test_an_open_websocket_keeps_working_during_shutdown_until_it_ends_its
     assert stack.sidecar is not None
     stopping = asyncio.ensure_future(stack.sidecar.stop())
     # Wait until the shutdown began (readiness turns false), not for a fixed time.
-    while not stack.runtime.closing:
+    while not stack.health.closing:
         await asyncio.sleep(0)
     await ws.send_str("still here")
     assert (await ws.receive(timeout=5)).data == "still here"

@@ -22,12 +22,16 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from sidecar.config import IdentityHeaderSettings, UpstreamSettings
+from sidecar.auth.cookies import CookieNames
+from sidecar.auth.session import CookieCache
+from sidecar.config import CookieSettings, CsrfSettings, IdentityHeaderSettings, UpstreamSettings
 from sidecar.errors import UpstreamError
 from sidecar.identity import Identity
 from sidecar.observability import Metrics
 from sidecar.proxy.forward import Forwarder, is_websocket
 from sidecar.proxy.headers import HeaderPolicy
+
+NAMES = CookieNames.build(CookieSettings(), CsrfSettings())
 
 GZIPPED = gzip.compress(b"hello gzip " * 1000)
 BIG_GZIPPED = gzip.compress(bytes(range(256)) * 4096, compresslevel=1)  # > 64 KiB compressed
@@ -325,6 +329,7 @@ def make_proxy(
         policy = HeaderPolicy(
             identity_headers or IdentityHeaderSettings(),
             tuple(ipaddress.ip_network(n) for n in trusted),
+            cookie_filter=CookieCache(NAMES.pattern.match).for_app,
         )
 
         async def handle(request: web.Request) -> web.StreamResponse:

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from sidecar.config import IdentityHeaderSettings
+from sidecar.auth.cookies import CookieNames
+from sidecar.auth.session import CookieCache
+from sidecar.config import CookieSettings, CsrfSettings, IdentityHeaderSettings
 from sidecar.identity import Identity
 from sidecar.proxy.headers import HeaderPolicy, response_headers
 from tests.proxy.conftest import ALICE
@@ -17,6 +19,12 @@ from tests.proxy.conftest import ALICE
 FORWARDING = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host")
 SETTINGS = IdentityHeaderSettings(claims={"tenant": "X-Tenant"}, strip=("X-Legacy-User",))
 TRUSTED = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
+# The sidecar's cookie names under the default settings: the one list the app-bound Cookie uses.
+NAMES = CookieNames.build(CookieSettings(), CsrfSettings())
+
+
+def make_policy(settings: IdentityHeaderSettings = SETTINGS, trusted: Sequence[Any] = ()) -> HeaderPolicy:
+    return HeaderPolicy(settings, tuple(trusted), cookie_filter=CookieCache(NAMES.pattern.match).for_app)
 
 
 def build(
@@ -27,7 +35,7 @@ def build(
     identity: Identity | None = None,
     access_token: str | None = None,
 ) -> CIMultiDict[str]:
-    policy = policy or HeaderPolicy(SETTINGS, TRUSTED)
+    policy = policy or make_policy(SETTINGS, TRUSTED)
     return policy.upstream_headers(
         CIMultiDictProxy(CIMultiDict(incoming)),
         peer=peer,
@@ -65,7 +73,7 @@ def test_client_sent_identity_headers_never_reach_the_app(name: str, who: Identi
 
 @pytest.mark.parametrize("name", ["Remote-User", "remote_user", "REMOTE-USER"])
 def test_a_configured_mapping_name_is_stripped_in_every_spelling(name: str) -> None:
-    policy = HeaderPolicy(IdentityHeaderSettings(user_id="Remote-User"))
+    policy = make_policy(IdentityHeaderSettings(user_id="Remote-User"))
     out = build([(name, "spoofed")], policy=policy, identity=ALICE)
     assert out.getall("Remote-User") == ["user-123"]
 
@@ -146,7 +154,7 @@ def test_a_printable_unicode_value_is_passed_unchanged() -> None:
 def test_authorization(
     who: Identity | None, forward: bool, incoming: str | None, expected: str | None
 ) -> None:
-    policy = HeaderPolicy(IdentityHeaderSettings(forward_access_token=forward))
+    policy = make_policy(IdentityHeaderSettings(forward_access_token=forward))
     headers = [("Authorization", incoming)] if incoming else []
     out = build(headers, policy=policy, identity=who, access_token="tok")
     assert out.getall("Authorization", []) == ([expected] if expected else [])
@@ -205,8 +213,10 @@ SIDECAR_COOKIES = [
     ("__Host-access_token.0=x; __Host-access_token.1=y; theme=dark", "theme=dark"),
     ("id_token=i; refresh_token=r; refresh_token.12=r2; authsidecar_tx=t; __Host-authsidecar_tx=t", None),
     ('a="quoted; value"; b=%20x; c=; access_token=t; d=e=f', 'a="quoted; value"; b=%20x; c=; d=e=f'),
-    ("my_access_token=1; access_token2=1; access_token.x=1; __host-access_token=1; Access_Token=1", SAME),
-    ("session=s3cr3t; XSRF-TOKEN=abc", SAME),
+    ("my_access_token=1; access_token2=1; access_token.x=1; Xaccess_token=1", SAME),
+    # Any case and prefix spelling of a sidecar cookie is the sidecar's (browsers may send both).
+    ("__host-access_token=1; Access_Token=1; __Secure-refresh_token=r; keep=1", "keep=1"),
+    ("session=s3cr3t; XSRF-TOKEN=abc", "session=s3cr3t"),
     ('x="a\\"b"; y=%E2%82%AC', SAME),
 ]
 
@@ -214,11 +224,11 @@ SIDECAR_COOKIES = [
 @pytest.mark.parametrize(
     ("raw", "expected"),
     SIDECAR_COOKIES,
-    ids=["middle", "only", "host-prefixed-chunks", "all-kinds", "byte-exact-rest", "look-alikes", "none-ours",
-         "escaped-quote"],
+    ids=["middle", "only", "host-prefixed-chunks", "all-kinds", "byte-exact-rest", "look-alikes",
+         "case-and-prefix", "csrf-cookie", "escaped-quote"],
 )
 def test_sidecar_cookies_are_removed_and_the_rest_is_byte_exact(raw: str, expected: str | None) -> None:
-    policy = HeaderPolicy(SETTINGS)
+    policy = make_policy(SETTINGS)
     want = [raw] if expected is SAME else [expected] if expected else []
     for _ in range(2):  # the second call is served from the cache
         assert build([("Cookie", raw)], policy=policy).getall("Cookie", []) == want
@@ -298,13 +308,13 @@ def test_no_peer_means_no_x_forwarded_for() -> None:
          "garbage", "no-peer"],
 )
 def test_client_ip(peer: str | None, xff: str | None, expected: str) -> None:
-    policy = HeaderPolicy(SETTINGS, TRUSTED)
+    policy = make_policy(SETTINGS, TRUSTED)
     headers = CIMultiDictProxy(CIMultiDict([("X-Forwarded-For", xff)] if xff is not None else []))
     assert policy.client_ip(headers, peer) == expected
 
 
 def test_without_trusted_proxies_nobody_is_trusted() -> None:
-    policy = HeaderPolicy(SETTINGS)
+    policy = make_policy(SETTINGS)
     out = build([("X-Forwarded-For", "1.2.3.4")], policy=policy, peer="10.0.0.5")
     assert out["X-Forwarded-For"] == "10.0.0.5"
 

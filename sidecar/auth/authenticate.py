@@ -1,0 +1,295 @@
+"""The one place a request is authenticated: credentials → validated identity, refreshed when needed.
+
+:meth:`Authenticator.authenticate` serves the proxy, ``/auth/me`` and anything else that asks who the
+caller is. In order:
+
+1. credentials: ``Authorization: Bearer`` (when accepted) wins over the session's access token;
+2. the access token's identity: a cache lookup on a warm request, else one signature check;
+3. a missing or expired *session* token is renewed once with the refresh token, when the browser
+   sends it to this path (``cookies.refresh_token_path``) — never for a Bearer token: an API client's
+   bad token must not turn into the browser session's refresh;
+4. cookie credentials on an unsafe request pass the double-submit CSRF and Origin checks, a WebSocket
+   handshake the Origin check (a browser attaches cookies to cross-site requests; a Bearer header it
+   never adds by itself);
+5. what the access token lacks (Cognito's carry no email) comes from the session's ID token.
+
+Renewing is single-flight per refresh token (twenty tabs noticing the expiry at once make one token
+request: with rotation the provider would end the session for the rest); the new cookies ride on
+whatever response the request ends with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Container, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiohttp import web
+
+from sidecar.auth.csrf import CsrfTokens, OriginPolicy, is_websocket_upgrade
+from sidecar.auth.refresh import SingleFlight
+from sidecar.auth.session import ApplyToResponse, CookieStore, Session, Tokens
+from sidecar.errors import CsrfRejected, ProviderError, RefreshFailed, TokenRejected
+from sidecar.identity import Clock, Identity
+from sidecar.keys import RESPONSE_HOOKS
+from sidecar.observability import Logger, Metrics
+from sidecar.oidc.client import TokenSet
+from sidecar.oidc.provider import ProviderLink
+
+Source = Literal["bearer", "cookie"]
+UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_ENRICHED_MAX = 10000
+# Longest credential looked at: a larger one is refused before anything hashes or parses it.
+MAX_TOKEN = 16384
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """An authenticated request: who, with which access token, from where."""
+
+    identity: Identity
+    # The access token the identity was validated from (after a refresh: the new one).
+    access_token: str
+    source: Source
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """The outcome of one refresh, shared by every caller that waited on it."""
+
+    identity: Identity
+    tokens: TokenSet
+
+
+class Authenticator:
+    """Credentials, validation cache, transparent refresh, enrichment and CSRF for every request."""
+
+    def __init__(
+        self,
+        *,
+        provider: ProviderLink,
+        store: CookieStore,
+        csrf: CsrfTokens,
+        origins: OriginPolicy,
+        csrf_header: str,
+        csrf_exempt: Container[str],
+        accept_bearer: bool,
+        refresh_token_path: str,
+        metrics: Metrics,
+        log: Logger,
+        clock: Clock,
+    ) -> None:
+        self.provider = provider
+        self.store = store
+        self.csrf = csrf
+        self.origins = origins
+        self._csrf_header = csrf_header
+        self._csrf_exempt = csrf_exempt
+        self._accept_bearer = accept_bearer
+        self._refresh_everywhere = refresh_token_path == "/"  # noqa: S105 - a cookie path
+        self._refresh_prefix = refresh_token_path.rstrip("/") + "/"
+        self._metrics = metrics
+        self._log = log
+        self.flight: SingleFlight[Renewal] = SingleFlight(clock)
+        self._csrf_rejections = metrics.csrf_rejections
+        self._decisions: dict[str, Any] = {}
+        # (id of the access token's Identity, ID token) -> (that Identity, the enriched one).
+        self._enriched: dict[tuple[int, str], tuple[Identity, Identity]] = {}
+
+    # -- the one entry point ------------------------------------------------------------------------
+
+    async def authenticate(self, request: web.Request) -> Caller:
+        """The caller, or an :class:`~sidecar.errors.AuthRejected` / ``ProviderError`` saying why not."""
+        session = self.store.load_now(request)
+        token, source = self._credentials(request, session)
+        try:
+            if token is None:
+                raise TokenRejected("missing")
+            if len(token) > MAX_TOKEN or not token.isascii():
+                raise TokenRejected("malformed")
+            identity = await self._identify(token)
+        except TokenRejected as exc:
+            if source == "bearer" or exc.reason not in ("expired", "missing"):
+                self._record(exc.reason)
+                raise
+            refresh_token = self._refresh_token_for(request, session)
+            if refresh_token is None:
+                self._record(exc.reason)
+                raise
+            identity, token = await self.renew(request, refresh_token)
+            self._record("refreshed")
+        if source == "cookie":
+            self._check_forgery(request, session, identity.sub)
+            identity = await self._enrich(identity, session)
+        return Caller(identity, token, source)
+
+    # -- steps -------------------------------------------------------------------------------------
+
+    def _credentials(self, request: web.Request, session: Session) -> tuple[str | None, Source]:
+        if self._accept_bearer:
+            auth = request.headers.get("Authorization")
+            if auth is not None and auth[:7].lower() == "bearer ":
+                return auth[7:].strip() or None, "bearer"
+        return session.access_token, "cookie"
+
+    async def _identify(self, token: str) -> Identity:
+        validator = self.provider.get().validator
+        identity = validator.cached(token)
+        if identity is None:
+            identity = await validator.verify_access(token)
+        return identity
+
+    async def identify_if_any(self, request: web.Request) -> Caller | None:
+        """For a path that needs no identity: nothing is refused and nothing refreshed.
+
+        A valid token still identifies the caller, a cookie only past the forgery checks (else a
+        cross-site form would post as the user). None for an anonymous caller.
+        """
+        session = self.store.load_now(request)
+        token, source = self._credentials(request, session)
+        if token is None or len(token) > MAX_TOKEN or not token.isascii():
+            return None
+        try:
+            identity = await self._identify(token)
+            if source == "cookie":
+                self._check_forgery(request, session, identity.sub)
+        except (TokenRejected, ProviderError, CsrfRejected):
+            return None
+        if source == "cookie":
+            identity = await self._enrich(identity, session)
+        return Caller(identity, token, source)
+
+    def _refresh_token_for(self, request: web.Request, session: Session) -> str | None:
+        """The session's refresh token, if the browser sends it to this path (RFC 6265 §5.1.4)."""
+        if not (self._refresh_everywhere or request.path.startswith(self._refresh_prefix)):
+            return None
+        return session.refresh_token
+
+    def _check_forgery(self, request: web.Request, session: Session, sub: str) -> None:
+        if request.path in self._csrf_exempt:
+            return
+        if request.method in UNSAFE:
+            self.check_csrf(request, session, sub)
+        elif is_websocket_upgrade(request.method, request.headers.get("Upgrade")):
+            self.check_origin(request)
+
+    async def _enrich(self, identity: Identity, session: Session) -> Identity:
+        """Fill what the access token lacks from a currently valid ID token of the same ``sub``.
+
+        The ID token's verification is cached like the access token's, and the same (identity, ID
+        token) pair comes back on every request of a session: the result is remembered, so the hot
+        path neither re-checks the ID token nor builds a new Identity (whose identity-header block
+        downstream is cached per object).
+        """
+        id_token = session.id_token
+        if identity.email is not None or not id_token:
+            return identity
+        key = (id(identity), id_token)
+        hit = self._enriched.get(key)
+        if hit is not None and hit[0] is identity:
+            return hit[1]
+        try:
+            claims = await self.provider.get().validator.id_token(id_token)
+        except (TokenRejected, ProviderError):
+            return identity
+        enriched = with_id_claims(identity, claims)
+        if len(self._enriched) >= _ENRICHED_MAX:
+            self._enriched.clear()
+        self._enriched[key] = (identity, enriched)
+        return enriched
+
+    # -- shared with the /auth routes ---------------------------------------------------------------
+
+    async def renew(self, request: web.Request, refresh_token: str) -> tuple[Identity, str]:
+        """Refresh once (shared with concurrent callers); the new cookies ride on the response.
+
+        Returns the new identity (enriched from the new ID token) and the new access token.
+        """
+        metrics = self._metrics
+        try:
+            renewal = await self.flight.run(refresh_token, lambda: self._renew(refresh_token))
+        except RefreshFailed:
+            metrics.flow_events.labels("refresh", "invalid_grant").inc()
+            self._log.info("refresh_refused", reason="invalid_grant")
+            # The session is over: whatever answer goes out clears it.
+            on_response(request, await self.store.clear(request))
+            raise
+        except (ProviderError, TokenRejected) as exc:
+            metrics.flow_events.labels("refresh", "error").inc()
+            self._log.warning("refresh_failed", reason=exc.reason)
+            raise
+        metrics.flow_events.labels("refresh", "ok").inc()
+        tokens, identity = renewal.tokens, renewal.identity
+        rotated = tokens.refresh_token if tokens.refresh_token != refresh_token else None
+        apply = await self.store.save(request, Tokens(
+            access_token=tokens.access_token, access_exp=identity.expires_at, sub=identity.sub,
+            id_token=tokens.id_token, refresh_token=rotated,
+        ))
+        on_response(request, apply)
+        return identity, tokens.access_token
+
+    async def _renew(self, refresh_token: str) -> Renewal:
+        provider = self.provider.get()
+        tokens = await provider.client.refresh(refresh_token)
+        identity = await provider.validator.access(tokens.access_token)
+        if tokens.id_token is not None:
+            claims = await provider.validator.id_token(tokens.id_token)
+            # OIDC Core §12.2: a refreshed ID token's sub must be the session's; the access token
+            # must name the same user, or the session would carry two identities.
+            if claims.get("sub") != identity.sub:
+                raise TokenRejected("subject_mismatch")
+            identity = with_id_claims(identity, claims)
+        return Renewal(identity, tokens)
+
+    async def session_sub(self, session: Session) -> str | None:
+        """The ``sub`` of the session's (possibly expired) ID token, signature and audience checked."""
+        if not session.id_token or not session.id_token.isascii():
+            return None
+        try:
+            claims = await self.provider.get().validator.id_token(session.id_token, allow_expired=True)
+        except TokenRejected:
+            return None
+        return str(claims["sub"])
+
+    def check_origin(self, request: web.Request) -> None:
+        headers = request.headers
+        if not self.origins.allows(headers.get("Origin"), headers.get("Sec-Fetch-Site"),
+                                   headers.get("Referer")):
+            self._csrf_rejections.labels("origin").inc()
+            raise CsrfRejected("origin")
+
+    def check_csrf(self, request: web.Request, session: Session, sub: str) -> None:
+        """Double-submit token bound to ``sub`` plus the Origin check (defence in depth)."""
+        self.check_origin(request)
+        failure = self.csrf.verify(request.headers.get(self._csrf_header), session.xsrf, sub)
+        if failure is not None:
+            self._csrf_rejections.labels(failure).inc()
+            raise CsrfRejected(failure)
+
+    def _record(self, outcome: str) -> None:
+        counter = self._decisions.get(outcome)
+        if counter is None:
+            counter = self._decisions[outcome] = self._metrics.auth_decisions.labels(outcome=outcome)
+        counter.inc()
+
+    async def close(self) -> None:
+        await self.flight.close()
+
+
+def with_id_claims(identity: Identity, claims: Mapping[str, Any]) -> Identity:
+    """``identity`` with the email of the ID token of the same subject, when it had none."""
+    email = claims.get("email")
+    if identity.email is not None or claims.get("sub") != identity.sub or not isinstance(email, str):
+        return identity
+    return dataclasses.replace(identity, email=email)
+
+
+def on_response(request: web.Request, apply: ApplyToResponse) -> None:
+    """Run ``apply`` on whatever response this request ends with, just before its headers go out."""
+    hooks: list[Callable[[web.StreamResponse], None]] | None = request.get(RESPONSE_HOOKS)
+    if hooks is None:
+        request[RESPONSE_HOOKS] = [apply]
+    else:
+        hooks.append(apply)
+
