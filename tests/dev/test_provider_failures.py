@@ -10,7 +10,8 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpServer
 
 from sidecar.dev.provider import DevProvider, ProviderConfig
-from tests.dev._support import CLIENT_ID, FakeClock, exchange, sign_in
+from tests.conftest import FakeClock
+from tests.dev._support import CLIENT_ID, exchange, sign_in
 from tests.dev.conftest import ProviderFactory
 
 Served = tuple[DevProvider, TestClient[Any, Any]]

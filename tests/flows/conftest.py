@@ -11,7 +11,6 @@ import io
 import json
 import re
 import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -34,21 +33,9 @@ from sidecar.keys import RUNTIME
 from sidecar.observability import make_logger
 from sidecar.runtime import Runtime
 from sidecar.server import Sidecar
+from tests.conftest import FakeClock
 
 PASSWORDS = {u.username: u.password for u in DEFAULT_USERS}
-
-
-class FakeClock:
-    """Shared by the provider (minting) and the sidecar (checking); starts at the real time."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
@@ -123,7 +110,7 @@ async def make_stack() -> AsyncIterator[StackFactory]:
     async with AsyncExitStack() as exits:
 
         async def start(provider_config: dict[str, Any] | None = None, **overrides: Any) -> Stack:
-            clock = FakeClock()
+            clock = FakeClock.from_wall_clock()
             # Bound now and handed to the sidecar: a port merely looked up could be taken by the
             # provider's or the upstream's own bind before the sidecar gets to it.
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
