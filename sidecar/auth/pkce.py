@@ -11,7 +11,8 @@ import re
 import secrets
 
 # RFC 7636 §4.1: code-verifier = 43*128unreserved, unreserved = ALPHA / DIGIT / "-" / "." / "_" / "~".
-_VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
+# Always used with fullmatch: "$" also matches before a trailing newline.
+_VERIFIER = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
 
 # Bytes of randomness in state and nonce: 256 bits, well past the 128 bits RFC 6749 §10.10 asks for.
 _RANDOM_BYTES = 32
@@ -28,7 +29,7 @@ def challenge_s256(verifier: str) -> str:
 
     Raises :class:`ValueError` for a verifier outside RFC 7636 §4.1's alphabet or length.
     """
-    if not _VERIFIER.match(verifier):
+    if _VERIFIER.fullmatch(verifier) is None:
         raise ValueError("a PKCE code verifier is 43 to 128 characters of [A-Za-z0-9-._~]")
     digest = hashlib.sha256(verifier.encode("ascii")).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")

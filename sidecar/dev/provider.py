@@ -16,7 +16,8 @@ Routes (Cognito's shapes; the issuer and the Hosted UI domain are the same base 
     POST /                                   cognito-idp JSON API; X-Amz-Target ...GlobalSignOut only
     /_dev/...                                test hooks over HTTP, only with ProviderConfig(dev_routes=True)
 
-Every request is counted in `DevProvider.calls` and may be failed on purpose with `set_failure`.
+Every request is counted in `DevProvider.calls` and may be failed on purpose with `set_failure`
+(or answered wrongly on purpose: `set_failure("token", "foreign_id_sub")`, see provider_failures.py).
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ class DevProvider:
         return self.keys.rotate(keep_old=keep_old)
 
     def set_failure(self, endpoint: Endpoint, mode: FailureMode) -> None:
-        """Make `endpoint` answer 500, garbage JSON, or hang ("timeout") until reset or shutdown."""
+        """Make `endpoint` answer 500, garbage JSON, or hang ("timeout") until reset or shutdown; or,
+        on "token", mint ID tokens naming another user than their access token ("foreign_id_sub")."""
         self.failures.set(endpoint, mode)
 
     async def wait_hanging(self, endpoint: Endpoint, count: int = 1) -> None:
@@ -180,13 +182,23 @@ class DevProvider:
         access = self._mint_access(family, {})
         body: dict[str, Any] = {}
         if "openid" in family.grant.scope.split():
-            body["id_token"] = self._mint_id(family, nonce, access, {})
+            id_overrides: dict[str, Any] = {}
+            if self.failures.mode("token") == "foreign_id_sub":
+                # A mix-up the relying party must refuse: the ID token names another user than the
+                # access token (and, on refresh, than the session: OIDC Core §12.2).
+                id_overrides["sub"] = self._foreign_sub(family.grant.user)
+            body["id_token"] = self._mint_id(family, nonce, access, id_overrides)
         body["access_token"] = access
         if refresh_token is not None:
             body["refresh_token"] = refresh_token
         body["expires_in"] = self.config.access_ttl
         body["token_type"] = "Bearer"  # noqa: S105 - a token type, not a secret
         return body
+
+    def _foreign_sub(self, user: DevUser) -> str:
+        """The ``sub`` of another user of the pool (a made-up one when there is no other)."""
+        others = [u.sub for u in self.config.users if u.sub != user.sub]
+        return others[0] if others else f"foreign-{user.sub}"
 
     def _mint_access(self, family: Family, overrides: Mapping[str, Any]) -> str:
         now = self.now()

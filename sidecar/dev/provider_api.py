@@ -84,7 +84,10 @@ def dev_routes(provider: DevProvider) -> list[web.RouteDef]:
                 },
                 status=400,
             )
-        provider.set_failure(cast("Endpoint", endpoint), cast(FailureMode, mode))
+        try:
+            provider.set_failure(cast("Endpoint", endpoint), cast(FailureMode, mode))
+        except ValueError as exc:  # a quirk asked of an endpoint it does not apply to
+            return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"endpoint": endpoint, "mode": mode})
 
     return [

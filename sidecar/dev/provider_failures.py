@@ -1,5 +1,9 @@
 """Failure injection for the dev provider: make an endpoint answer 500, garbage, or hang.
 
+Besides failures, a quirk: a mode in which the endpoint answers normally but wrongly, for the checks a
+relying party must make on a well-formed answer. ``foreign_id_sub`` (token endpoint only) mints the ID
+token of every code exchange and refresh with another user's ``sub`` than its access token's.
+
 A hang waits on an event, never on a timer: it ends when the mode of that endpoint changes or when
 the server shuts down (`release_all`, wired to the app's on_shutdown, which aiohttp runs *before*
 it waits for in-flight handlers), so closing a test server never waits out aiohttp's shutdown timeout.
@@ -13,7 +17,7 @@ from typing import Literal, get_args
 
 from aiohttp import web
 
-FailureMode = Literal["ok", "500", "timeout", "garbage"]
+FailureMode = Literal["ok", "500", "timeout", "garbage", "foreign_id_sub"]
 Endpoint = Literal[
     "discovery",
     "jwks",
@@ -28,6 +32,8 @@ Endpoint = Literal[
 ]
 ENDPOINTS: frozenset[str] = frozenset(get_args(Endpoint))
 MODES: frozenset[str] = frozenset(get_args(FailureMode))
+# Quirks: modes that alter a normal answer, and the one endpoint each applies to.
+QUIRKS: dict[str, str] = {"foreign_id_sub": "token"}
 
 # Looks like JSON to a Content-Type check, parses as nothing.
 _GARBAGE = b'{"keys": [ \x00\xff this is not json'
@@ -46,6 +52,8 @@ class FailureSwitch:
             raise ValueError(f"unknown endpoint {endpoint!r}; expected one of {sorted(ENDPOINTS)}")
         if mode not in MODES:
             raise ValueError(f"unknown failure mode {mode!r}; expected one of {sorted(MODES)}")
+        if QUIRKS.get(mode, endpoint) != endpoint:
+            raise ValueError(f"failure mode {mode!r} only applies to the {QUIRKS[mode]!r} endpoint")
         self._modes[endpoint] = mode
         self._pulse()
 
@@ -67,7 +75,8 @@ class FailureSwitch:
             await self._wait_pulse()
 
     async def apply(self, endpoint: str) -> web.StreamResponse | None:
-        """The failure answer for `endpoint`, or None to let the real handler run."""
+        """The failure answer for `endpoint`, or None to let the real handler run (also for a quirk:
+        the handler reads the mode and alters its answer)."""
         mode = self.mode(endpoint)
         if mode == "timeout":
             self.hanging[endpoint] += 1

@@ -1,4 +1,4 @@
-"""Shared pieces of the dev provider tests: a fake clock, PKCE, the browser part of a sign-in."""
+"""Shared pieces of the dev provider tests: PKCE, the browser part of a sign-in."""
 
 from __future__ import annotations
 
@@ -19,18 +19,6 @@ REDIRECT = "http://app.test:8080/auth/callback"
 LOGOUT = "http://app.test:8080/signed-out"
 VERIFIER = "v" * 20 + "-._~" + "0123456789abcdefghijklmnop"  # 50 chars of RFC 7636's alphabet
 ALL_SCOPES = "openid email profile aws.cognito.signin.user.admin"
-START = 1_700_000_000.0
-
-
-class FakeClock:
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def s256(verifier: str) -> str:

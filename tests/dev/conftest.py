@@ -8,14 +8,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from sidecar.dev.provider import DevProvider, ProviderConfig
-from tests.dev._support import LOGOUT, REDIRECT, FakeClock
+from tests.conftest import FakeClock
+from tests.dev._support import LOGOUT, REDIRECT
 
 ProviderFactory = Callable[..., Awaitable[tuple[DevProvider, TestClient[Any, Any]]]]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

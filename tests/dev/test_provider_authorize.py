@@ -8,9 +8,9 @@ from yarl import URL
 
 from sidecar.dev.provider import DevProvider
 from sidecar.dev.provider_authorize import SESSION_COOKIE
+from tests.conftest import FakeClock
 from tests.dev._support import (
     REDIRECT,
-    FakeClock,
     authorize_params,
     exchange,
     location,

@@ -10,7 +10,8 @@ from jwcrypto import jwk, jwt
 from jwcrypto.common import JWException
 
 from sidecar.dev.provider import DevProvider, DevUser, ProviderConfig, start_provider
-from tests.dev._support import FakeClock, verify
+from tests.conftest import FakeClock
+from tests.dev._support import verify
 
 Served = tuple[DevProvider, TestClient[Any, Any]]
 

@@ -10,7 +10,8 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpServer
 
 from sidecar.dev.provider import DevProvider, ProviderConfig
-from tests.dev._support import CLIENT_ID, FakeClock, exchange, sign_in
+from tests.conftest import FakeClock
+from tests.dev._support import CLIENT_ID, exchange, refresh, sign_in, verify
 from tests.dev.conftest import ProviderFactory
 
 Served = tuple[DevProvider, TestClient[Any, Any]]
@@ -140,3 +141,34 @@ async def test_dev_routes_drive_the_hooks_over_http(make_provider: ProviderFacto
     assert (await client.get("/.well-known/jwks.json")).status == 500
     assert (await client.post("/_dev/failure", json={"endpoint": "nope", "mode": "500"})).status == 400
     assert await (await client.get("/_dev/calls")).json() == {"jwks": 1}
+
+
+async def test_the_foreign_id_sub_quirk_mints_id_tokens_naming_another_user(served: Served) -> None:
+    provider, client = served
+    alice, bob = provider.user("alice"), provider.user("bob")
+    assert alice is not None
+    assert bob is not None
+    provider.set_failure("token", "foreign_id_sub")
+
+    tokens = await (await exchange(client, await sign_in(client))).json()
+    access = (await verify(client, tokens["access_token"])).claims
+    id_token = (await verify(client, tokens["id_token"])).claims
+    assert access["sub"] == alice.sub
+    assert id_token["sub"] == bob.sub
+
+    renewed = await (await refresh(client, tokens["refresh_token"])).json()
+    assert (await verify(client, renewed["access_token"])).claims["sub"] == alice.sub
+    assert (await verify(client, renewed["id_token"])).claims["sub"] == bob.sub
+
+    provider.set_failure("token", "ok")
+    healed = await (await refresh(client, tokens["refresh_token"])).json()
+    assert (await verify(client, healed["id_token"])).claims["sub"] == alice.sub
+
+
+async def test_a_quirk_applies_only_to_its_endpoint(make_provider: ProviderFactory) -> None:
+    provider, client = await make_provider(dev_routes=True)
+    with pytest.raises(ValueError, match="only applies to the 'token' endpoint"):
+        provider.set_failure("jwks", "foreign_id_sub")
+    answer = await client.post("/_dev/failure", json={"endpoint": "jwks", "mode": "foreign_id_sub"})
+    assert answer.status == 400
+    assert provider.failures.mode("jwks") == "ok"

@@ -9,11 +9,11 @@ from yarl import URL
 
 from sidecar.dev.provider import DevProvider
 from sidecar.dev.provider_authorize import SESSION_COOKIE
+from tests.conftest import FakeClock
 from tests.dev._support import (
     ALL_SCOPES,
     CLIENT_ID,
     LOGOUT,
-    FakeClock,
     authorize_params,
     exchange,
     location,

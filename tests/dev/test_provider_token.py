@@ -7,12 +7,11 @@ from aiohttp.test_utils import TestClient
 
 from sidecar.dev.provider import DevProvider
 from sidecar.dev.provider_claims import at_hash
+from tests.conftest import START, FakeClock
 from tests.dev._support import (
     CLIENT_ID,
     REDIRECT,
-    START,
     VERIFIER,
-    FakeClock,
     basic,
     exchange,
     refresh,

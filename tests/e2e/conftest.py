@@ -50,7 +50,7 @@ from sidecar.dev.users import DEFAULT_USERS
 from sidecar.observability import make_logger
 from sidecar.oidc.provider import PROVIDER
 from sidecar.server import Sidecar
-from tests.flows.conftest import FakeClock
+from tests.conftest import FakeClock
 
 CHROMIUM = Path(os.environ.get("AUTHSIDECAR_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -199,7 +199,7 @@ async def topology(certificates: Certificates) -> AsyncIterator[Topology]:
         app = f"https://{APP_HOST}:{app_port}"
         hostile_port = await serve(exits, hostile_app(api), tls)
 
-        clock = FakeClock()
+        clock = FakeClock.from_wall_clock()
         provider = DevProvider(
             ProviderConfig(
                 redirect_uris=(f"{api}/auth/callback",),

@@ -11,7 +11,6 @@ import io
 import json
 import re
 import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -35,23 +34,11 @@ from sidecar.observability import make_logger
 from sidecar.oidc.jwks import JwksCache
 from sidecar.oidc.provider import PROVIDER, ProviderLink
 from sidecar.server import Sidecar
+from tests.conftest import FakeClock
 
 # A sign-out URL the test provider knows besides the app's root (for logout.redirect_url).
 SIGNED_OUT = "/signed-out"
 PASSWORDS = {u.username: u.password for u in DEFAULT_USERS}
-
-
-class FakeClock:
-    """Shared by the provider (minting) and the sidecar (checking); starts at the real time."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
@@ -134,7 +121,7 @@ async def make_stack() -> AsyncIterator[StackFactory]:
     async with AsyncExitStack() as exits:
 
         async def start(provider_config: dict[str, Any] | None = None, **overrides: Any) -> Stack:
-            clock = FakeClock()
+            clock = FakeClock.from_wall_clock()
             # Bound now and handed to the sidecar: a port merely looked up could be taken by the
             # provider's or the upstream's own bind before the sidecar gets to it.
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -24,7 +24,8 @@ from sidecar.observability import make_logger
 from sidecar.oidc.jwks import JwksCache
 from sidecar.oidc.provider import PROVIDER, ProviderLink
 from sidecar.server import Sidecar
-from tests.flows.conftest import FakeClock, Stack
+from tests.conftest import FakeClock
+from tests.flows.conftest import Stack
 
 AUTHSIDECAR_METRICS = (
     "authsidecar_requests_total",
@@ -120,7 +121,7 @@ class ColdStart:
 @pytest.fixture
 async def cold_start() -> AsyncIterator[ColdStart]:
     async with AsyncExitStack() as exits:
-        clock = FakeClock()
+        clock = FakeClock.from_wall_clock()
         provider = DevProvider(ProviderConfig(), clock)
         provider_runner, issuer = await start_provider(provider)
         exits.push_async_callback(provider_runner.cleanup)

@@ -23,7 +23,7 @@ from sidecar import cli
 from sidecar.config import load_settings
 from sidecar.dev.provider import DevProvider, ProviderConfig, start_provider
 from sidecar.dev.upstream import create_upstream_app
-from tests.flows.conftest import FakeClock
+from tests.conftest import FakeClock
 
 PREFIX = "authsidecar: config error: "
 COOKIE_SECRET = "cookie-secret-0123456789-abcdefghijklmnop"
@@ -293,7 +293,7 @@ def test_a_bad_environment_override_is_one_line_naming_its_key(
 
 @pytest.fixture
 async def dev_provider() -> AsyncIterator[DevProvider]:
-    provider = DevProvider(ProviderConfig(), FakeClock())
+    provider = DevProvider(ProviderConfig(), FakeClock.from_wall_clock())
     runner, _issuer = await start_provider(provider)
     try:
         yield provider

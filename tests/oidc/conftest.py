@@ -1,4 +1,4 @@
-"""Keys, a token minter, a fake clock and a stateful fake JWKS server for the OIDC tests."""
+"""Keys, a token minter and a stateful fake JWKS server for the OIDC tests."""
 
 from __future__ import annotations
 
@@ -20,25 +20,13 @@ from prometheus_client import CollectorRegistry
 from sidecar.observability import Metrics
 from sidecar.oidc.jwks import JwksCache
 from sidecar.oidc.tokens import TokenPolicy, TokenValidator
+from tests.conftest import START, FakeClock
 
 ISSUER = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Test1234"
 CLIENT_ID = "client-123"
-NOW = 1_700_000_000.0
+NOW = START
 LEEWAY = 60.0
 COOLDOWN = 30.0
-
-
-class FakeClock:
-    """Seconds since the epoch, moved only by ``advance``."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class RecordingLogger:
@@ -205,11 +193,6 @@ def _apply(claims: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
         else:
             claims[name] = value
     return claims
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

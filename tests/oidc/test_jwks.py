@@ -12,8 +12,9 @@ from jwcrypto.jwk import JWK
 from prometheus_client import CollectorRegistry
 
 from sidecar.oidc.jwks import EMPTY_KEYS, JwksCache, KeySet, accepts
+from tests.conftest import FakeClock
 
-from .conftest import COOLDOWN, NOW, FakeClock, FakeJwks, FakeSleep, RecordingLogger
+from .conftest import COOLDOWN, NOW, FakeJwks, FakeSleep, RecordingLogger
 
 ALGS = ("RS256", "ES256")
 

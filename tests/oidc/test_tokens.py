@@ -28,6 +28,7 @@ from sidecar.oidc.tokens import (
     check_claims,
     identity_from_claims,
 )
+from tests.conftest import FakeClock
 
 from .conftest import (
     CLIENT_ID,
@@ -35,7 +36,6 @@ from .conftest import (
     ISSUER,
     LEEWAY,
     NOW,
-    FakeClock,
     FakeJwks,
     access_claims,
     b64json,

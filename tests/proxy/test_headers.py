@@ -71,6 +71,36 @@ def test_client_sent_identity_headers_never_reach_the_app(name: str, who: Identi
     assert out["Accept"] == "*/*"
 
 
+TRUSTED_PEERS = ["10.1.2.3", "fd00::7", "::ffff:10.1.2.3"]
+# oauth2-proxy's names and every prefix family, in the spellings a client may choose.
+SPOOFED_BEHIND_PROXY = [
+    *SPOOFED,
+    "x-forwarded-user", "X-FORWARDED-EMAIL", "x-Forwarded-Groups", "X_Forwarded_Access_Token",
+    "X-Forwarded-Preferred-Username", "x-forwarded-preferred-username",
+    "X-USER-ID", "x-User-Email", "X_user_Groups", "X-AUTH-REQUEST-USER", "x-Auth-Request-Email",
+    "x_auth_request_preferred_username",
+]
+
+
+@pytest.mark.parametrize("who", [None, ALICE], ids=["anonymous", "alice"])
+@pytest.mark.parametrize("peer", TRUSTED_PEERS, ids=["ipv4", "ipv6", "ipv4-mapped"])
+@pytest.mark.parametrize("name", SPOOFED_BEHIND_PROXY, ids=SPOOFED_BEHIND_PROXY)
+def test_identity_headers_never_reach_the_app_even_from_a_trusted_proxy(
+    name: str, peer: str, who: Identity | None
+) -> None:
+    # A trusted proxy is believed about where the client is (X-Forwarded-*), never about who it is.
+    out = build([(name, "spoofed"), ("X-Forwarded-For", "198.51.100.7")], peer=peer, identity=who)
+    assert "spoofed" not in out.values()
+    assert out["X-Forwarded-For"] == f"198.51.100.7, {peer}"
+
+
+def test_other_x_forwarded_headers_from_a_trusted_proxy_pass() -> None:
+    # The contrast that makes the test above meaningful: a trusted peer's X-Forwarded-* do pass.
+    out = build([("X-Forwarded-Port", "443"), ("X-Forwarded-Prefix", "/app")], peer="10.1.2.3")
+    assert out["X-Forwarded-Port"] == "443"
+    assert out["X-Forwarded-Prefix"] == "/app"
+
+
 @pytest.mark.parametrize("name", ["Remote-User", "remote_user", "REMOTE-USER"])
 def test_a_configured_mapping_name_is_stripped_in_every_spelling(name: str) -> None:
     policy = make_policy(IdentityHeaderSettings(user_id="Remote-User"))
