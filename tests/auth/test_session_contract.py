@@ -21,7 +21,7 @@ from sidecar.auth.cookies import CookiePolicy
 from sidecar.auth.csrf import CsrfTokens
 from sidecar.auth.session import CookieCache, CookieStore, SessionStore, Tokens
 from sidecar.config import CookieSettings, CsrfSettings
-from tests.flows.conftest import FakeClock
+from tests.conftest import FakeClock
 
 SECRET = b"s" * 32
 EMPTY = {"access_token": None, "id_token": None, "refresh_token": None, "xsrf": None}
