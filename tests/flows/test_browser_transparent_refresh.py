@@ -205,3 +205,19 @@ async def test_by_default_auth_me_refreshes_transparently(stack: Stack) -> None:
     assert stack.provider.calls[REFRESHES] == 1
     api = await browser.get(stack.url("/api/items"))
     assert api.status == 200
+
+
+async def test_with_forward_access_token_the_app_gets_the_refreshed_token_not_the_expired_one(
+    make_stack: StackFactory,
+) -> None:
+    stack = await _everywhere(make_stack, identity_headers={"forward_access_token": True})
+    browser = await _logged_in(stack, keep_expired_cookies=True)
+    old_access = stack.cookie(browser, "access_token")
+    stack.clock.advance(PAST_EXPIRY)
+
+    answer = await browser.get(stack.url("/api/items"))
+
+    assert answer.status == 200
+    new_access = set_cookie_map(answer)["access_token"].value
+    assert new_access not in ("", old_access)
+    assert (await answer.json())["headers"]["Authorization"] == f"Bearer {new_access}"
