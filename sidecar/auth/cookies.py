@@ -23,8 +23,10 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from http.cookies import SimpleCookie
+from http.cookies import Morsel, SimpleCookie
 from typing import Literal, TypedDict
+
+from aiohttp._cookie_helpers import parse_cookie_header as _aiohttp_parse_cookie_header
 
 from sidecar.config import CookieSettings, CsrfSettings
 
@@ -252,3 +254,17 @@ def stale(name: str, present_names: Iterable[str], new_count: int) -> list[str]:
     keep = {name} if new_count == 1 else {chunk_name(name, i) for i in range(new_count)}
     found = {n for n in present_names if n == name or _chunk_index(name, n) is not None}
     return sorted(found - keep, key=lambda n: (n != name, _chunk_index(name, n) or 0, n))
+
+
+def parse_cookie_header(raw: str) -> list[tuple[str, Morsel[str]]]:
+    """Every ``name=value`` pair of a ``Cookie`` header, in order, each value as sent (``coded_value``).
+
+    aiohttp's own parser (RFC 6265 §5.4, lenient like browsers; ``request.cookies`` is built from
+    it), which is private: no public API gives the same. ``request.cookies`` keeps only the last
+    decoded value per name, and ``http.cookies.SimpleCookie`` stops at the first pair it dislikes;
+    the proxy needs every pair as sent to pass the app's cookies on byte-exact. The one import of the
+    private ``aiohttp._cookie_helpers.parse_cookie_header``: ``pyproject.toml`` pins the aiohttp
+    releases it was tested with and ``tests/test_aiohttp_internals.py`` fails, naming it, when an
+    upgrade changes it.
+    """
+    return _aiohttp_parse_cookie_header(raw)

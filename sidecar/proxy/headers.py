@@ -35,9 +35,9 @@ from collections.abc import Callable, Iterable, Mapping
 from http.cookies import Morsel
 from typing import Any, Final, TypeVar
 
-from aiohttp._cookie_helpers import parse_cookie_header
 from multidict import CIMultiDict, MultiMapping
 
+from sidecar.auth.cookies import parse_cookie_header
 from sidecar.config import IdentityHeaderSettings
 from sidecar.identity import Identity
 
