@@ -25,13 +25,19 @@ from sidecar.auth.session import CookieCache, CookieStore
 from sidecar.auth.transaction import TransactionStore, derive_key
 from sidecar.config import Settings
 from sidecar.identity import Clock
-from sidecar.observability import Logger, Metrics, flush_logs, make_logger
+from sidecar.observability import LOGGER, Logger, Metrics, flush_logs, make_logger
 from sidecar.oidc.provider import PROVIDER, ProviderLink
 from sidecar.proxy.cors import CorsPolicy
 from sidecar.proxy.forward import FORWARDER, Forwarder
 from sidecar.proxy.gate import Gate
 from sidecar.proxy.headers import HeaderPolicy
-from sidecar.proxy.middleware import ErrorMapper, cors_middleware, edge_middleware, response_decorator
+from sidecar.proxy.middleware import (
+    ErrorMapper,
+    cors_middleware,
+    edge_middleware,
+    http_error_middleware,
+    response_decorator,
+)
 from sidecar.proxy.rules import PathSet, RuleSet
 
 LOGIN_PATH = "/auth/login"
@@ -117,6 +123,7 @@ def create_app(
     app[PROVIDER] = provider
     app[FORWARDER] = forwarder
     app[HEALTH] = health
+    app[LOGGER] = log
     # Headers of every response, streamed ones included: request id, CORS, refreshed cookies.
     app.on_response_prepare.append(response_decorator(cors if cors else None))
     app.cleanup_ctx.extend([
@@ -159,4 +166,4 @@ def _resource(
 
 def admin_app_for(app: web.Application) -> web.Application:
     """The admin listener of a proxied app made by :func:`create_app` (same health, same metrics)."""
-    return create_admin_app(app[HEALTH])
+    return create_admin_app(app[HEALTH], middlewares=[http_error_middleware()])

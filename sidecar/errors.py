@@ -48,9 +48,6 @@ class AuthRejected(SidecarError):
 class TokenRejected(AuthRejected):
     """No usable access token: missing, malformed, expired, forged, or meant for someone else."""
 
-    status = 401
-    error = "unauthorized"
-
 
 class CsrfRejected(AuthRejected):
     """An unsafe request with cookie credentials failed the CSRF checks."""
@@ -83,8 +80,6 @@ class FlowRejected(AuthRejected):
 class ProviderError(SidecarError):
     """The OpenID provider answered badly or not at all."""
 
-    status = 502
-
     def __init__(self, reason: str, detail: str = "") -> None:
         self.reason = reason
         self.detail = detail
@@ -93,8 +88,6 @@ class ProviderError(SidecarError):
 
 class RefreshFailed(ProviderError):
     """The provider refused the refresh token (RFC 6749 §5.2 ``invalid_grant``): the session is over."""
-
-    status = 401
 
 
 class UpstreamError(SidecarError):

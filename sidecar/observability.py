@@ -3,6 +3,10 @@
 Every metric lives on a :class:`Metrics` object built on an injected ``CollectorRegistry`` (tests get
 a fresh one; nothing is registered at import time). Label values are fixed, low-cardinality
 identifiers: never a user, a path or a token.
+
+Every log line goes through one structlog chain (level, timestamp, redaction, JSON) into one
+:class:`LineWriter`; lines of the standard library's ``logging`` (aiohttp, aiohttp-session, the
+server's parser rejections) join that chain while the listeners run (:func:`route_stdlib_logging`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Any, Protocol, TextIO
 
 import structlog
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from sidecar import __version__
@@ -102,6 +107,28 @@ class Metrics:
 
 
 # --- logging -------------------------------------------------------------------------------------
+
+
+class Logger(Protocol):
+    """The logging seam: an event name and keyword fields, one method per level.
+
+    :func:`make_logger` returns one (a structlog bound logger); ``_logger`` is structlog's name for
+    what it writes to, a :class:`LineWriter` that :func:`flush_logs` flushes at shutdown.
+    """
+
+    def debug(self, event: str, /, **fields: Any) -> Any: ...
+
+    def info(self, event: str, /, **fields: Any) -> Any: ...
+
+    def warning(self, event: str, /, **fields: Any) -> Any: ...
+
+    def error(self, event: str, /, **fields: Any) -> Any: ...
+
+    def exception(self, event: str, /, **fields: Any) -> Any: ...
+
+    @property
+    def _logger(self) -> object: ...
+
 
 # Anything shaped like a JWS/JWE compact token, wherever it appears in a value.
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_.-]*")
@@ -193,8 +220,8 @@ class AccessLog:
     :func:`redact` in case a client put a token there). Same JSON shape as the other lines.
     """
 
-    def __init__(self, log: Any, enabled: bool) -> None:
-        writer = getattr(log, "_logger", None)
+    def __init__(self, log: Logger, enabled: bool) -> None:
+        writer = log._logger
         level = getattr(log, "_access_level", logging.INFO)
         self.enabled = enabled and level <= logging.INFO
         self._log = log
@@ -230,16 +257,72 @@ class AccessLog:
         )
 
 
-def flush_logs(log: Any) -> None:
+def flush_logs(log: Logger) -> None:
     """Send what a batched logger still holds (at shutdown)."""
-    writer = getattr(log, "_logger", None)
+    writer = log._logger
     if isinstance(writer, LineWriter):
         writer.flush()
 
 
+# Attributes every LogRecord has; anything else on a record came from ``extra=`` and is a field.
+_RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+# aiohttp's access log prints each request line, query included: the callback's `code`, the
+# authorize URL's `state` and `nonce`. The sidecar writes its own access line instead and runs its
+# listeners without aiohttp's, so a record of this logger is another server's (the dev provider's in
+# `authsidecar dev`) or a misconfiguration: it never joins the sidecar's stream.
+_AIOHTTP_ACCESS = "aiohttp.access"
+
+
+class _StdlibBridge(logging.Handler):
+    """A ``logging`` handler that hands each record to a structlog :class:`Logger`.
+
+    The line then takes the same way as every other: level filter, timestamp, traceback rendering,
+    :func:`redact_processor`, the renderer, the same (batched) :class:`LineWriter`. The event is the
+    record's message, ``logger`` its logger's name, ``extra=`` fields become fields. Records of
+    ``aiohttp.access`` are dropped (see :data:`_AIOHTTP_ACCESS`).
+    """
+
+    def __init__(self, log: Logger) -> None:
+        super().__init__()
+        self._log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == _AIOHTTP_ACCESS:
+            return
+        try:
+            fields = {k: v for k, v in record.__dict__.items()
+                      if k not in _RECORD_ATTRS and not k.startswith("_")}
+            if record.exc_info:
+                fields["exc_info"] = record.exc_info
+            fields.pop("event", None)
+            fields["logger"] = record.name
+            level, log = record.levelno, self._log
+            method = (log.error if level >= logging.ERROR else log.warning if level >= logging.WARNING
+                      else log.info if level >= logging.INFO else log.debug)
+            method(record.getMessage(), **fields)
+        except Exception:
+            self.handleError(record)
+
+
+def route_stdlib_logging(log: Logger) -> Callable[[], None]:
+    """Send the standard library's log records (aiohttp, aiohttp-session, ...) through ``log``.
+
+    Without this, ``logging`` prints them as plain text on stderr, beside the JSON lines. The
+    handler sits on the root logger; the returned callable takes it off again. Records are made
+    only at the ``logging`` levels in force (by default warning and above); ``log`` applies the
+    configured level on top.
+    """
+    handler = _StdlibBridge(log)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    return lambda: root.removeHandler(handler)
+
+
 def make_logger(
     level: str = "info", fmt: str = "json", stream: TextIO | None = None, *, batched: bool = False
-) -> Any:
+) -> Logger:
     """A structlog logger writing one line per event to ``stream`` (stdout by default).
 
     No global structlog configuration is touched: each app gets its own logger, so tests can
@@ -257,7 +340,7 @@ def make_logger(
         redact_processor,
         renderer,
     ]
-    logger = structlog.wrap_logger(
+    logger: Logger = structlog.wrap_logger(
         LineWriter(stream or sys.stdout, batched=batched),
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
@@ -268,11 +351,5 @@ def make_logger(
     return logger
 
 
-class Logger(Protocol):
-    """What the sidecar calls on its logger (a structlog bound logger from :func:`make_logger`)."""
-
-    def debug(self, event: str, /, **fields: Any) -> Any: ...
-    def info(self, event: str, /, **fields: Any) -> Any: ...
-    def warning(self, event: str, /, **fields: Any) -> Any: ...
-    def error(self, event: str, /, **fields: Any) -> Any: ...
-    def exception(self, event: str, /, **fields: Any) -> Any: ...
+# The app's logger, for what serves the app (the listeners route library log lines through it).
+LOGGER = web.AppKey("authsidecar.logger", Logger)

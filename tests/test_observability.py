@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from sidecar.observability import AccessLog, LineWriter, flush_logs, make_logger
+from sidecar.observability import AccessLog, LineWriter, Logger, flush_logs, make_logger, route_stdlib_logging
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
 
@@ -107,3 +109,104 @@ def test_without_a_running_loop_a_batched_line_is_written_at_once() -> None:
     stream = io.StringIO()
     LineWriter(stream, batched=True).write("early")
     assert stream.getvalue() == "early\n"
+
+
+# -- the standard library's lines in the same stream ------------------------------------------------
+
+
+@pytest.fixture
+def library() -> logging.Logger:
+    """A standard-library logger like aiohttp's or aiohttp-session's."""
+    return logging.getLogger("tests.library")
+
+
+def routed(level: str = "info", fmt: str = "json", *, batched: bool = False) -> tuple[io.StringIO, Logger]:
+    stream = io.StringIO()
+    return stream, make_logger(level, fmt, stream, batched=batched)
+
+
+Route = Callable[[Logger], None]
+
+
+@pytest.fixture
+def route() -> Iterator[Route]:
+    """``route(log)``: stdlib logging goes through ``log`` until the test ends."""
+    undo: list[Callable[[], None]] = []
+    yield lambda log: undo.append(route_stdlib_logging(log))
+    for step in undo:
+        step()
+
+
+def test_a_library_warning_is_one_json_line_with_event_level_logger_and_fields(
+    library: logging.Logger, route: Route
+) -> None:
+    stream, log = routed()
+    route(log)
+    library.warning("Cannot decrypt cookie value, %s", "create a new fresh session", extra={"status": 400})
+    line = json.loads(stream.getvalue())
+    assert line == {"event": "Cannot decrypt cookie value, create a new fresh session", "status": 400,
+                    "logger": "tests.library", "level": "warning", "ts": line["ts"]}
+
+
+@pytest.mark.parametrize(
+    ("message", "extra", "hidden"),
+    [
+        pytest.param("bad header %s", {}, TOKEN, id="token-in-the-message"),
+        pytest.param("refused", {"cookie": "s3cr3t-cookie-bytes"}, "s3cr3t-cookie-bytes", id="cookie-field"),
+        pytest.param("refused", {"authorization": f"Bearer {TOKEN}"}, TOKEN, id="authorization-field"),
+    ],
+)
+def test_library_lines_go_through_the_redacting_processor(
+    library: logging.Logger, route: Route, message: str, extra: dict[str, str], hidden: str
+) -> None:
+    stream, log = routed()
+    route(log)
+    library.warning(message, *((TOKEN,) if "%s" in message else ()), extra=extra)
+    assert hidden not in stream.getvalue()
+    json.loads(stream.getvalue())
+
+
+def test_a_library_traceback_is_a_field_of_the_json_line(library: logging.Logger, route: Route) -> None:
+    stream, log = routed()
+    route(log)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        library.exception("Error handling request")
+    line = json.loads(stream.getvalue())
+    assert (line["event"], line["level"]) == ("Error handling request", "error")
+    assert "ValueError: boom" in line["exception"]
+
+
+def test_aiohttps_access_log_never_joins_the_stream(route: Route) -> None:
+    # It prints request lines with their query: the callback's code, the authorize URL's state.
+    stream, log = routed()
+    route(log)
+    logging.getLogger("aiohttp.access").warning('"GET /auth/callback?code=secret-code HTTP/1.1" 302')
+    assert stream.getvalue() == ""
+
+
+def test_the_configured_level_applies_to_library_lines(library: logging.Logger, route: Route) -> None:
+    stream, log = routed("error")
+    route(log)
+    library.warning("below the level")
+    library.error("at the level")
+    assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == ["at the level"]
+
+
+def test_once_unrouted_library_lines_leave_the_stream_alone(library: logging.Logger) -> None:
+    stream, log = routed()
+    undo = route_stdlib_logging(log)
+    undo()
+    library.warning("after")
+    assert stream.getvalue() == ""
+
+
+async def test_library_lines_are_batched_with_the_others(library: logging.Logger, route: Route) -> None:
+    stream, log = routed(batched=True)
+    route(log)
+    log.info("first")
+    library.warning("second")
+    assert stream.getvalue() == ""
+    flush_logs(log)
+    assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == ["first", "second"]

@@ -257,7 +257,16 @@ def stale(name: str, present_names: Iterable[str], new_count: int) -> list[str]:
 
 
 def parse_cookie_header(raw: str) -> list[tuple[str, Morsel[str]]]:
-    """RFC 6265 §5.4 pairs of a ``Cookie`` header, as aiohttp parses ``request.cookies``."""
+    """Every ``name=value`` pair of a ``Cookie`` header, in order, each value as sent (``coded_value``).
+
+    aiohttp's own parser (RFC 6265 §5.4, lenient like browsers; ``request.cookies`` is built from
+    it), which is private: no public API gives the same. ``request.cookies`` keeps only the last
+    decoded value per name, and ``http.cookies.SimpleCookie`` stops at the first pair it dislikes;
+    the proxy needs every pair as sent to pass the app's cookies on byte-exact. The one import of the
+    private ``aiohttp._cookie_helpers.parse_cookie_header``: ``pyproject.toml`` pins the aiohttp
+    releases it was tested with and ``tests/test_aiohttp_internals.py`` fails, naming it, when an
+    upgrade changes it.
+    """
     return _aiohttp_parse_cookie_header(raw)
 
 

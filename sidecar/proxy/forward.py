@@ -228,7 +228,9 @@ class Forwarder:
         offered = [p.strip() for p in offer.split(",") if p.strip()]
         limit = self._settings.websocket_max_message
         if not web.WebSocketResponse(protocols=offered).can_prepare(request).ok:
-            raise web.HTTPBadRequest(text="Invalid WebSocket handshake")
+            # Checked before the app is dialled. The text is the reason of the JSON error the edge
+            # maps this to; aiohttp's own handshake errors would quote the client's header values.
+            raise web.HTTPBadRequest(text="websocket_handshake")
         try:
             app = await session.ws_connect(
                 self._url(request),

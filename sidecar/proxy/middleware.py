@@ -12,7 +12,8 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from http import HTTPStatus
+from typing import Any, Final
 from urllib.parse import quote
 
 from aiohttp import web
@@ -28,16 +29,18 @@ from sidecar.errors import (
     UpstreamError,
 )
 from sidecar.keys import IDENTITY, REQUEST_ID, RESPONSE_HOOKS, ROUTE_CLASS, UPSTREAM_SECONDS
-from sidecar.observability import AccessLog, Metrics
+from sidecar.observability import AccessLog, Logger, Metrics
 from sidecar.proxy.cors import CorsPolicy
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# Called with (request, response) when a refresh token was refused, to clear the auth cookies.
-SessionEnded = Callable[[web.Request, web.StreamResponse], None]
 
 # A client-supplied request id is kept only when it is short and plainly printable.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 NO_STORE = "no-store"
+# A reason our own code put into an HTTPException's text: a short fixed identifier.
+_REASON = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# Headers of an HTTPException that describe its plain-text body, replaced by the JSON one's.
+_BODY_HEADERS: Final = frozenset({"content-type", "content-length", "content-encoding"})
 
 
 def is_navigation(request: web.Request) -> bool:
@@ -55,12 +58,12 @@ def wants_html(request: web.Request) -> bool:
 
 
 class ErrorMapper:
-    """Maps every :class:`SidecarError` to its HTTP response. Handlers never build error bodies."""
+    """Maps every :class:`SidecarError`, and every aiohttp ``HTTPException`` of 400 or more, to its
+    HTTP response. Handlers never build error bodies."""
 
-    def __init__(self, *, login_path: str, public_origin: str, on_session_end: SessionEnded | None = None):
+    def __init__(self, *, login_path: str, public_origin: str):
         self.login_path = login_path
         self.public_origin = public_origin
-        self.on_session_end = on_session_end
 
     def response(self, request: web.Request, exc: SidecarError) -> web.Response:
         if isinstance(exc, (RefreshFailed, TokenRejected)):
@@ -74,8 +77,6 @@ class ErrorMapper:
                 resp = _json(401, "unauthorized", reason)
                 error = "" if reason == "missing" else ', error="invalid_token"'
                 resp.headers["WWW-Authenticate"] = f'Bearer realm="authsidecar"{error}'
-            if isinstance(exc, RefreshFailed) and self.on_session_end is not None:
-                self.on_session_end(request, resp)
             return resp
         if isinstance(exc, FlowRejected):
             return _page_or_json(request, 400, exc.error, exc.reason, "The sign-in could not be completed.")
@@ -90,6 +91,38 @@ class ErrorMapper:
         if isinstance(exc, UpstreamError):
             return _json(exc.status, "upstream_unavailable", exc.kind)
         return _json(500, "internal_error", "unexpected")
+
+    @staticmethod
+    def http_error(exc: web.HTTPException) -> web.Response:
+        """An aiohttp ``HTTPException`` (status >= 400) in the JSON shape of every other error.
+
+        aiohttp raises these itself (router 404/405) and so do a few handlers (``/auth/*`` 404/405,
+        a bad WebSocket handshake). ``error`` is the status's name (``not_found``); ``reason`` is
+        the exception's text when our code put a fixed identifier there (``websocket_handshake``),
+        else the same name: aiohttp's own texts are prose and never shown. Headers that belong to
+        the status (``Allow`` of a 405, RFC 9110 §15.5.6) are kept.
+        """
+        status = exc.status
+        error = _status_name(status)
+        text = exc.text
+        reason = text if text is not None and _REASON.fullmatch(text) else error
+        resp = _json(status, error, reason)
+        for name, value in exc.headers.items():
+            if name.lower() not in _BODY_HEADERS and name not in resp.headers:
+                resp.headers.add(name, value)
+        return resp
+
+
+def _status_name(status: int) -> str:
+    """The ``http.HTTPStatus`` phrase as an identifier: 404 -> ``not_found``, 405 -> ``method_not_allowed``.
+
+    (Python 3.13 renamed a few phrases, 413 among them; the image runs 3.11.)
+    """
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        return "client_error" if status < 500 else "server_error"
+    return re.sub(r"[^a-z0-9]+", "_", phrase.lower()).strip("_")
 
 
 def _json(status: int, error: str, reason: str) -> web.Response:
@@ -111,7 +144,7 @@ def _page_or_json(request: web.Request, status: int, error: str, reason: str, me
                         headers={"Cache-Control": NO_STORE})
 
 
-def edge_middleware(metrics: Metrics, log: Any, mapper: ErrorMapper, *, access_log: bool) -> Middleware:
+def edge_middleware(metrics: Metrics, log: Logger, mapper: ErrorMapper, *, access_log: bool) -> Middleware:
     """Outermost link: request id in and out, in-flight gauge, status counter, access log, errors."""
     requests = metrics.requests
     in_flight = metrics.in_flight
@@ -138,8 +171,11 @@ def edge_middleware(metrics: Metrics, log: Any, mapper: ErrorMapper, *, access_l
                 response = mapper.response(request, exc)
                 _log_rejection(log, request, exc, rid)
             except web.HTTPException as exc:
-                status = exc.status
-                raise
+                if exc.status < 400:
+                    # Redirects and the like stay aiohttp's to send.
+                    status = exc.status
+                    raise
+                response = mapper.http_error(exc)
             except Exception:
                 log.exception("unhandled_error", request_id=rid, method=request.method)
                 response = _json(500, "internal_error", "unexpected")
@@ -165,7 +201,7 @@ def edge_middleware(metrics: Metrics, log: Any, mapper: ErrorMapper, *, access_l
     return edge
 
 
-def _log_rejection(log: Any, request: web.Request, exc: SidecarError, rid: str) -> None:
+def _log_rejection(log: Logger, request: web.Request, exc: SidecarError, rid: str) -> None:
     if isinstance(exc, UpstreamError):
         log.warning("upstream_error", kind=exc.kind, request_id=rid, method=request.method)
     elif isinstance(exc, ProviderError):
@@ -230,3 +266,18 @@ def response_decorator(cors: CorsPolicy | None) -> Decorator:
                 headers.add("Vary", "Origin")
 
     return decorate
+
+
+def http_error_middleware() -> Middleware:
+    """For a listener without the edge (the admin one): aiohttp's 404/405 in the JSON shape too."""
+
+    @web.middleware
+    async def http_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return ErrorMapper.http_error(exc)
+
+    return http_errors

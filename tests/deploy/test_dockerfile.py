@@ -128,7 +128,7 @@ def test_oci_labels_name_the_image_and_its_version() -> None:
         assert labels.get(f"org.opencontainers.image.{key}"), key
     assert labels["org.opencontainers.image.version"] == "${VERSION}"
     assert args["VERSION"] == __version__ == PYPROJECT["project"]["version"]
-    assert labels["org.opencontainers.image.licenses"] == PYPROJECT["project"]["license"]["text"]
+    assert labels["org.opencontainers.image.licenses"] == PYPROJECT["project"]["license"]
 
 
 def _pattern(pattern: str) -> re.Pattern[str]:

@@ -174,5 +174,12 @@ async def make_stack() -> AsyncIterator[StackFactory]:
 
 
 @pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client that keeps no cookies: every credential is sent explicitly by the test."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        yield session
+
+
+@pytest.fixture
 async def stack(make_stack: StackFactory) -> Stack:
     return await make_stack()

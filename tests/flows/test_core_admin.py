@@ -39,12 +39,6 @@ AUTHSIDECAR_METRICS = (
 )
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
-        yield session
-
-
 # -- the admin listener --------------------------------------------------------------------------------
 
 

@@ -39,12 +39,6 @@ def identity_like(header_list: list[list[str]]) -> list[tuple[str, str]]:
     return sorted((normal(n), v) for n, v in header_list if normal(n).startswith(prefixes))
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
-        yield session
-
-
 async def echo(client: aiohttp.ClientSession, url: str, headers: Any = None, **kw: Any) -> dict[str, Any]:
     async with client.get(url, headers=headers, **kw) as resp:
         assert resp.status == 200, await resp.text()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -31,12 +30,6 @@ PUBLIC = ["/public/**", "/status"]
 @pytest.fixture
 async def ruled(make_stack: StackFactory) -> Stack:
     return await make_stack(rules=RULES, public_paths=PUBLIC)
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
-        yield session
 
 
 def token_for(stack: Stack, user: str) -> str:

@@ -12,7 +12,7 @@ import functools
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -167,13 +167,6 @@ def credentials(token: str, via: str) -> dict[str, str]:
     if via == "cookie":
         return {"Cookie": f"access_token={token}"}
     return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    """A client that keeps no cookies: every credential is sent explicitly."""
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
-        yield session
 
 
 async def get(client: aiohttp.ClientSession, stack: Stack, token: str, via: str = "bearer",

@@ -12,7 +12,6 @@ a well-behaved cookie jar would.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -25,13 +24,6 @@ from tests.flows.conftest import Stack, StackFactory
 REFRESHES = "token:refresh_token"
 PAST_EXPIRY = 3600 + 120  # the access token's lifetime plus more than the validator's leeway
 TOKEN_COOKIES = {"access_token", "id_token", "refresh_token"}
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    """A client that keeps no cookies: every Cookie header is written by the test."""
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
-        yield session
 
 
 async def logged_in(stack: Stack, user: str = "alice") -> aiohttp.ClientSession:
