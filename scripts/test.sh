@@ -13,6 +13,16 @@ if [ ! -x /usr/bin/chromium ]; then
     echo "authsidecar: /usr/bin/chromium is missing; the browser tests need Debian's chromium package" >&2
   fi
 fi
+# The fleet tests run a real redis-server (Debian's package) on a free loopback port.
+if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing redis-server (apt-get)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+  else
+    echo "authsidecar: redis-server is missing; the fleet tests need Debian's redis-server package" >&2
+  fi
+fi
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== mypy --strict sidecar/"

@@ -19,6 +19,7 @@ from sidecar.admin import HEALTH, Health, create_admin_app
 from sidecar.auth.authenticate import Authenticator
 from sidecar.auth.cookies import CookiePolicy
 from sidecar.auth.csrf import CsrfTokens, OriginPolicy
+from sidecar.auth.refresh import RefreshFlight
 from sidecar.auth.return_to import ReturnToPolicy
 from sidecar.auth.routes import AuthRoutes
 from sidecar.auth.session import CookieCache, CookieStore
@@ -39,6 +40,12 @@ from sidecar.proxy.middleware import (
     response_decorator,
 )
 from sidecar.proxy.rules import PathSet, RuleSet
+from sidecar.store.base import SharedStore
+from sidecar.store.host import HostStoreClient
+from sidecar.store.memory import MemoryStore
+from sidecar.store.redis import RedisStore
+from sidecar.store.sealed import Sealer
+from sidecar.store.watch import StoreWatch
 
 LOGIN_PATH = "/auth/login"
 # Request lines and header fields up to 64 KiB: a chunked ID token of a user in many groups makes
@@ -66,8 +73,13 @@ def create_app(
     clock: Clock = time.time,
     registry: CollectorRegistry | None = None,
     log: Logger | None = None,
+    host_store: str | None = None,
 ) -> web.Application:
-    """Assemble the proxied listener's app. Nothing starts until the app is run."""
+    """Assemble the proxied listener's app. Nothing starts until the app is run.
+
+    ``host_store``: the supervisor's Unix socket when this process is one of ``serve --workers N``
+    (the workers then share refreshes and spent login states without Redis).
+    """
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     if log is None:
         # Batched: one write per 20 ms of log lines rather than a write and a flush per line.
@@ -86,14 +98,21 @@ def create_app(
     cookies = CookieCache(policy.names.pattern.match)
     csrf = CsrfTokens(derive_key(secret, b"authsidecar/csrf-key/v1"))
     store = CookieStore(policy, csrf, cookies, clock, settings.cookies.refresh_token_max_age)
+    shared = shared_store(settings, host_store)
+    watch = StoreWatch(shared.kind, getattr(shared, "where", "localhost"), metrics, log)
+    flight = RefreshFlight(
+        clock, shared if shared.kind != "memory" else None, Sealer(secret), watch=watch,
+        coordination=metrics.refresh_coordination, wait=settings.oidc.timeout + 5.0,
+    )
     app_origins = (settings.app_url, *settings.allowed_return_origins, *settings.cors.allowed_origins)
     authenticator = Authenticator(
         provider=provider, store=store, csrf=csrf, origins=OriginPolicy(app_origins, origin),
         csrf_header=settings.csrf.header, csrf_exempt=PathSet(settings.csrf.exempt_paths),
         accept_bearer=settings.tokens.accept_bearer,
-        refresh_token_path=settings.cookies.refresh_token_path, metrics=metrics, log=log, clock=clock,
+        refresh_token_path=settings.cookies.refresh_token_path, flight=flight, metrics=metrics, log=log,
     )
-    transactions = TransactionStore(secret, policy, settings.cookies.transaction_max_age, clock)
+    transactions = TransactionStore(secret, policy, settings.cookies.transaction_max_age, clock,
+                                    spent=shared, watch=watch)
     routes = AuthRoutes(
         settings=settings, authenticator=authenticator, store=store, transactions=transactions,
         return_to=ReturnToPolicy(settings.app_url, (origin, *settings.allowed_return_origins)),
@@ -131,6 +150,7 @@ def create_app(
         _resource(forwarder.start, forwarder.close),
         _resource(None, authenticator.close),
         _resource(None, transactions.close),
+        _resource(None, shared.close),
     ])
 
     async def flush(_app: web.Application) -> None:
@@ -148,6 +168,16 @@ def create_app(
     # Everything else goes to the app.
     app.router.add_route("*", "/{tail:.*}", gate.handle)
     return app
+
+
+def shared_store(settings: Settings, host_store: str | None) -> SharedStore:
+    """Redis for a fleet, the supervisor's host store for the workers of one host, else memory."""
+    redis = settings.store.redis
+    if settings.store.backend == "redis" and redis is not None:
+        return RedisStore(redis)
+    if host_store:
+        return HostStoreClient(host_store)
+    return MemoryStore()
 
 
 def _resource(

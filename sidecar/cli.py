@@ -56,7 +56,7 @@ def _run(coro_factory: Callable[[], Coroutine[Any, Any, int | None]]) -> int:
     return uvloop.run(coro_factory()) or 0
 
 
-async def serve(settings: Settings, *, reuse_port: bool = False) -> int:
+async def serve(settings: Settings, *, reuse_port: bool = False, host_store: str | None = None) -> int:
     from sidecar.admin import HEALTH
     from sidecar.app import admin_app_for, create_app
     from sidecar.observability import flush_logs, make_logger
@@ -64,7 +64,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> int:
 
     # Batched: one write per 20 ms of log lines rather than a write and a flush per line.
     log = make_logger(settings.logging.level, settings.logging.format, batched=True)
-    app = create_app(settings, log=log)
+    app = create_app(settings, log=log, host_store=host_store)
     sidecar = Sidecar(app, admin_app_for(app), settings, reuse_port=reuse_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -108,5 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if workers > 1 and not args.worker:
         from sidecar.supervisor import supervise
 
-        return supervise(workers, ["--config", args.config] if args.config else [])
-    return _run(lambda: serve(settings, reuse_port=args.worker))
+        return supervise(workers, ["--config", args.config] if args.config else [],
+                         host_store=settings.store.backend == "memory")
+    from sidecar.store.host import HOST_STORE_ENV
+
+    host_store = os.environ.get(HOST_STORE_ENV) if args.worker else None
+    return _run(lambda: serve(settings, reuse_port=args.worker, host_store=host_store))

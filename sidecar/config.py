@@ -275,6 +275,42 @@ class Rule(Section):
         return out
 
 
+class RedisSettings(Section):
+    # redis://host:6379/0 or rediss:// (TLS); credentials go in username / password(_file).
+    url: str
+    username: str | None = None
+    password: SecretStr | None = None
+    # Prepended to every key: several deployments can share one Redis without seeing each other.
+    key_prefix: str = Field("authsidecar:", min_length=1, max_length=64)
+    connect_timeout: float = Field(2.0, gt=0, le=30)
+    command_timeout: float = Field(1.0, gt=0, le=30)
+    pool_size: int = Field(32, ge=1, le=1024)
+    # CA bundle for a rediss:// server whose certificate a private CA signed.
+    tls_ca_file: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ValueError(f"must be a redis:// or rediss:// URL, got {v!r}")
+        if parts.password or parts.username:
+            raise ValueError("put no credentials in the URL; use store.redis.username and password_file")
+        return v
+
+
+class StoreSettings(Section):
+    # memory: one process (workers of one host share through the supervisor); redis: every replica.
+    backend: Literal["memory", "redis"] = "memory"
+    redis: RedisSettings | None = None
+
+    @model_validator(mode="after")
+    def _redis(self) -> StoreSettings:
+        if self.backend == "redis" and self.redis is None:
+            raise ValueError("redis: required when backend is redis (at least redis.url)")
+        return self
+
+
 class LogoutSettings(Section):
     # Where the browser lands after logout (default: app_url); an origin of app_url or
     # allowed_return_origins, like return_to.
@@ -311,6 +347,8 @@ class Settings(Section):
     # An alias of /auth/me served at this path as well (e.g. "/me"); empty for none.
     me_alias: str | None = None
     logout: LogoutSettings = LogoutSettings()
+    # What the processes and replicas share: refresh single-flight, spent login states.
+    store: StoreSettings = StoreSettings()
     logging: LoggingSettings = LoggingSettings()
     # Processes sharing the ports (SO_REUSEPORT); `serve --workers N` overrides.
     workers: int = Field(1, ge=1, le=64)
@@ -384,13 +422,16 @@ def _check_origin(origin: str) -> None:
         raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
 
 
+# Environment variables with the prefix that are not settings: the config file's path, and the
+# supervisor's host-store socket handed to its workers.
+_NOT_SETTINGS = frozenset({ENV_PREFIX + "CONFIG", ENV_PREFIX + "HOST_STORE"})
 _VERBATIM = frozenset({"client_id", "client_secret", "secret"})
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+        if not name.startswith(ENV_PREFIX) or name in _NOT_SETTINGS:
             continue
         path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
         if not all(path):

@@ -96,6 +96,16 @@ class Metrics:
             p + "upstream_errors_total", "Failed requests to the app, by kind.",
             ["kind"], registry=registry,
         )
+        self.store_errors = Counter(
+            p + "store_errors_total", "Shared-store operations that failed, by store (memory, host, redis).",
+            ["store"], registry=registry,
+        )
+        self.refresh_coordination = Counter(
+            p + "refresh_coordination_total",
+            "Refreshes by role across processes: led (made the token request), joined (took another "
+            "process's result), alone (no shared store answered: this process only).",
+            ["role"], registry=registry,
+        )
         self.provider_errors = Counter(
             p + "provider_errors_total", "Failed calls to the OpenID provider, by endpoint.",
             ["endpoint"], registry=registry,

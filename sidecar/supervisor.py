@@ -23,14 +23,27 @@ WORKER_FLAG = "--worker"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def supervise(workers: int, serve_args: Sequence[str]) -> int:
-    """Run ``workers`` copies of ``authsidecar serve`` until a signal (0) or a worker failure (1)."""
+def supervise(workers: int, serve_args: Sequence[str], *, host_store: bool = False) -> int:
+    """Run ``workers`` copies of ``authsidecar serve`` until a signal (0) or a worker failure (1).
+
+    ``host_store``: serve the workers one shared store (refresh single-flight, spent login states)
+    on a Unix socket in a private directory, for deployments without Redis.
+    """
     own_dir = MULTIPROC_ENV not in os.environ
     metrics_dir = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="authsidecar-metrics-")
     for stale in os.listdir(metrics_dir):
         if stale.endswith(".db"):
             os.unlink(os.path.join(metrics_dir, stale))
     env = {**os.environ, MULTIPROC_ENV: metrics_dir}
+    store_dir = store = None
+    if host_store:
+        from sidecar.store.host import HOST_STORE_ENV, HostStoreServer
+
+        # mkdtemp makes the directory 0700: only this user's processes reach the socket.
+        store_dir = tempfile.mkdtemp(prefix="authsidecar-store-")
+        store = HostStoreServer(os.path.join(store_dir, "store.sock"))
+        store.start()
+        env[HOST_STORE_ENV] = store.path
     command = [sys.executable, "-m", "sidecar", "serve", *serve_args, WORKER_FLAG]
     procs: dict[int, subprocess.Popen[bytes]] = {}
     stopping = False
@@ -54,7 +67,7 @@ def supervise(workers: int, serve_args: Sequence[str]) -> int:
                 continue
             proc = procs.pop(pid)
             proc.returncode = os.waitstatus_to_exitcode(status)
-            _mark_dead(pid)
+            _mark_dead(pid, metrics_dir)
             if not stopping:
                 # A worker ended without being asked: stop the rest and report failure.
                 print(f"authsidecar: worker {pid} exited with {proc.returncode}; stopping", file=sys.stderr)
@@ -70,11 +83,16 @@ def supervise(workers: int, serve_args: Sequence[str]) -> int:
                 proc.kill()
         if own_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+        if store is not None:
+            store.stop()
+        if store_dir is not None:
+            shutil.rmtree(store_dir, ignore_errors=True)
     return 1 if failed else 0
 
 
-def _mark_dead(pid: int) -> None:
+def _mark_dead(pid: int, metrics_dir: str) -> None:
     """Drop a finished worker's live gauges (in-flight requests) from the aggregate."""
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+    # The directory is passed: it may be one this supervisor made, set only in its workers' env.
+    multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]

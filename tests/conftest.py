@@ -38,3 +38,7 @@ class FakeClock:
 def clock() -> FakeClock:
     """A fresh fake clock at :data:`START`."""
     return FakeClock()
+
+
+# A real redis-server for the tests that need one (session-wide).
+from tests.redis_server import redis_server  # noqa: E402, F401

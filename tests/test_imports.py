@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sidecar"
 LAYERS: dict[str, int] = {
     "sidecar": 0, "sidecar.__main__": 10, "sidecar.identity": 0, "sidecar.errors": 0, "sidecar.keys": 1,
     "sidecar.config": 1, "sidecar.config_load": 2, "sidecar.observability": 1,
-    "sidecar.oidc": 3, "sidecar.auth": 4, "sidecar.proxy": 5, "sidecar.admin": 5,
+    "sidecar.oidc": 3, "sidecar.store": 3, "sidecar.auth": 4, "sidecar.proxy": 5, "sidecar.admin": 5,
     "sidecar.server": 6, "sidecar.app": 7, "sidecar.supervisor": 7, "sidecar.dev": 8, "sidecar.cli": 9,
 }
 

@@ -28,10 +28,10 @@ from typing import Any, Literal
 from aiohttp import web
 
 from sidecar.auth.csrf import CsrfTokens, OriginPolicy, is_websocket_upgrade
-from sidecar.auth.refresh import SingleFlight
+from sidecar.auth.refresh import RefreshFlight
 from sidecar.auth.session import ApplyToResponse, CookieStore, Session, Tokens
 from sidecar.errors import CsrfRejected, ProviderError, RefreshFailed, TokenRejected
-from sidecar.identity import Clock, Identity
+from sidecar.identity import Identity
 from sidecar.keys import RESPONSE_HOOKS
 from sidecar.observability import Logger, Metrics
 from sidecar.oidc.client import TokenSet
@@ -54,14 +54,6 @@ class Caller:
     source: Source
 
 
-@dataclass(frozen=True, slots=True)
-class Renewal:
-    """The outcome of one refresh, shared by every caller that waited on it."""
-
-    identity: Identity
-    tokens: TokenSet
-
-
 class Authenticator:
     """Credentials, validation cache, transparent refresh, enrichment and CSRF for every request."""
 
@@ -76,9 +68,9 @@ class Authenticator:
         csrf_exempt: Container[str],
         accept_bearer: bool,
         refresh_token_path: str,
+        flight: RefreshFlight,
         metrics: Metrics,
         log: Logger,
-        clock: Clock,
     ) -> None:
         self.provider = provider
         self.store = store
@@ -91,7 +83,7 @@ class Authenticator:
         self._refresh_prefix = refresh_token_path.rstrip("/") + "/"
         self._metrics = metrics
         self._log = log
-        self.flight: SingleFlight[Renewal] = SingleFlight(clock)
+        self.flight = flight
         self._csrf_rejections = metrics.csrf_rejections
         self._decisions: dict[str, Any] = {}
         # (id of the access token's Identity, ID token) -> (that Identity, the enriched one).
@@ -208,7 +200,8 @@ class Authenticator:
         """
         metrics = self._metrics
         try:
-            renewal = await self.flight.run(refresh_token, lambda: self._renew(refresh_token))
+            tokens = await self.flight.run(refresh_token, lambda: self._refresh(refresh_token))
+            identity = await self._validated(tokens)
         except RefreshFailed:
             metrics.flow_events.labels("refresh", "invalid_grant").inc()
             self._log.info("refresh_refused", reason="invalid_grant")
@@ -220,7 +213,6 @@ class Authenticator:
             self._log.warning("refresh_failed", reason=exc.reason)
             raise
         metrics.flow_events.labels("refresh", "ok").inc()
-        tokens, identity = renewal.tokens, renewal.identity
         rotated = tokens.refresh_token if tokens.refresh_token != refresh_token else None
         apply = await self.store.save(request, Tokens(
             access_token=tokens.access_token, access_exp=identity.expires_at, sub=identity.sub,
@@ -229,9 +221,12 @@ class Authenticator:
         on_response(request, apply)
         return identity, tokens.access_token
 
-    async def _renew(self, refresh_token: str) -> Renewal:
+    async def _refresh(self, refresh_token: str) -> TokenSet:
+        return await self.provider.get().client.refresh(refresh_token)
+
+    async def _validated(self, tokens: TokenSet) -> Identity:
+        """The identity of freshly refreshed tokens (the same for every process that shares them)."""
         provider = self.provider.get()
-        tokens = await provider.client.refresh(refresh_token)
         identity = await provider.validator.access(tokens.access_token)
         if tokens.id_token is not None:
             claims = await provider.validator.id_token(tokens.id_token)
@@ -240,7 +235,7 @@ class Authenticator:
             if claims.get("sub") != identity.sub:
                 raise TokenRejected("subject_mismatch")
             identity = with_id_claims(identity, claims)
-        return Renewal(identity, tokens)
+        return identity
 
     async def session_sub(self, session: Session) -> str | None:
         """The ``sub`` of the session's (possibly expired) ID token, signature and audience checked."""

@@ -1,4 +1,4 @@
-"""One refresh per refresh token at a time, per process.
+"""One refresh per refresh token at a time: per process, and across processes through the shared store.
 
 Twenty tabs (or parallel XHRs) noticing an expired access token at once must not send twenty
 refresh requests: with rotation the provider accepts only the first and would end the session for
@@ -9,11 +9,18 @@ shortly after it finished (their cookie still holds the old refresh token) get t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+from sidecar.errors import ProviderError, RefreshFailed
 from sidecar.identity import Clock
+from sidecar.oidc.client import TokenSet
+from sidecar.store.base import Lease, SharedStore, StoreUnavailable
+from sidecar.store.sealed import Sealer
+from sidecar.store.watch import StoreWatch
 
 T = TypeVar("T")
 
@@ -74,3 +81,117 @@ class SingleFlight(Generic[T]):
             future.cancel()
         self._inflight.clear()
         self._recent.clear()
+
+
+class RefreshFlight:
+    """One token request per refresh token across every process that shares ``store``.
+
+    First the in-process :class:`SingleFlight` (callers of this process share one attempt), then
+    the shared store: a lease per refresh-token digest (SET NX PX with a fence value), renewed every
+    third of its TTL while the token request runs so it never lapses mid-request; the new tokens,
+    sealed, under the digest for ``linger`` seconds, so a late request on any process gets the same
+    ones. Waiters poll for them (``poll`` seconds) until the leader's lease is gone; then they lead.
+    A refused refresh (``invalid_grant``) is shared too, so nobody retries a dead token. When the
+    store does not answer, the process refreshes alone (the per-process flight still holds).
+    """
+
+    def __init__(self, clock: Clock, store: SharedStore | None, sealer: Sealer | None, *,
+                 watch: StoreWatch | None, coordination: Any, wait: float,
+                 linger: float = 10.0, lease_ttl: float = 3.0, poll: float = 0.02) -> None:
+        self._local: SingleFlight[TokenSet] = SingleFlight(clock, linger=linger)
+        self._store = store
+        self._sealer = sealer
+        self._watch = watch
+        self._coordination = coordination
+        self._wait = wait
+        self._linger = linger
+        self._lease_ttl = lease_ttl
+        self._poll = poll
+
+    async def run(self, refresh_token: str, call: Callable[[], Awaitable[TokenSet]]) -> TokenSet:
+        if self._store is None:
+            return await self._local.run(refresh_token, call)
+        return await self._local.run(refresh_token, lambda: self._across(refresh_token, call))
+
+    async def _across(self, refresh_token: str, call: Callable[[], Awaitable[TokenSet]]) -> TokenSet:
+        store, watch = self._store, self._watch
+        assert store is not None
+        assert watch is not None
+        digest = hashlib.sha256(refresh_token.encode("ascii")).hexdigest()
+        result_key, lease_key = f"refresh:{digest}:tokens", f"refresh:{digest}:lease"
+        deadline = asyncio.get_running_loop().time() + self._wait
+        try:
+            while True:
+                found = await self._result(store, result_key)
+                if found is not None:
+                    watch.answered()
+                    self._coordination.labels(role="joined").inc()
+                    return found
+                lease = await store.lease(lease_key, self._lease_ttl)
+                watch.answered()
+                if lease is not None:
+                    return await self._lead(store, lease, result_key, call)
+                if asyncio.get_running_loop().time() > deadline:
+                    raise ProviderError("refresh_timeout", "another process holds the refresh")
+                await asyncio.sleep(self._poll)
+        except StoreUnavailable as exc:
+            watch.failed(exc.reason)
+            self._coordination.labels(role="alone").inc()
+            return await call()
+
+    async def _lead(self, store: SharedStore, lease: Lease, result_key: str,
+                    call: Callable[[], Awaitable[TokenSet]]) -> TokenSet:
+        keeper = asyncio.create_task(self._keep(lease))
+        try:
+            # Another process may have finished between our look and our lease.
+            found = await self._result(store, result_key)
+            if found is not None:
+                self._coordination.labels(role="joined").inc()
+                return found
+            self._coordination.labels(role="led").inc()
+            try:
+                tokens = await call()
+            except RefreshFailed:
+                await self._share(store, result_key, {"error": "invalid_grant"})
+                raise
+            await self._share(store, result_key, _token_fields(tokens))
+            return tokens
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(StoreUnavailable, asyncio.CancelledError):
+                await keeper
+            with contextlib.suppress(StoreUnavailable):
+                await lease.release()
+
+    async def _keep(self, lease: Lease) -> None:
+        while True:
+            await asyncio.sleep(self._lease_ttl / 3)
+            if not await lease.renew():
+                return
+
+    async def _share(self, store: SharedStore, key: str, fields: dict[str, Any]) -> None:
+        assert self._sealer is not None
+        sealed = self._sealer.seal(key, json.dumps(fields).encode())
+        # The tokens are in hand: a store that fails now must not fail the refresh.
+        with contextlib.suppress(StoreUnavailable):
+            await store.put(key, sealed, self._linger)
+
+    async def _result(self, store: SharedStore, key: str) -> TokenSet | None:
+        assert self._sealer is not None
+        sealed = await store.get(key)
+        opened = self._sealer.open(key, sealed) if sealed is not None else None
+        if opened is None:
+            return None
+        fields = json.loads(opened)
+        if fields.get("error") == "invalid_grant":
+            raise RefreshFailed("invalid_grant")
+        return TokenSet(**fields)
+
+    async def close(self) -> None:
+        await self._local.close()
+
+
+def _token_fields(tokens: TokenSet) -> dict[str, Any]:
+    return {"access_token": tokens.access_token, "id_token": tokens.id_token,
+            "refresh_token": tokens.refresh_token, "expires_in": tokens.expires_in,
+            "token_type": tokens.token_type}

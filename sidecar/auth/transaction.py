@@ -3,8 +3,10 @@
 They travel in one encrypted, HttpOnly cookie (aiohttp-session's ``EncryptedCookieStorage``, Fernet:
 AES-128-CBC + HMAC-SHA256), so any replica holding ``cookies.secret`` can finish a login begun on
 another. Entries are keyed by ``state`` so logins started in several tabs each complete; the oldest
-entries are dropped when the cookie would grow too large. A state used once is remembered in an
-in-process TTL cache (aiocache) so a replayed callback is refused even with the old cookie.
+entries are dropped when the cookie would grow too large. A state used once is remembered (by its
+digest) in the shared store — set-if-absent, so exactly one callback wins on any process or replica —
+and a replayed callback is refused even with the old cookie. When the shared store does not answer,
+this process's own memory still refuses replays it saw.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import hashlib
 import json
 from typing import Any, TypedDict
 
-from aiocache import SimpleMemoryCache
 from aiohttp import web
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.hazmat.primitives import hashes
@@ -22,6 +23,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sidecar.auth.cookies import CookiePolicy
 from sidecar.errors import FlowRejected
 from sidecar.identity import Clock
+from sidecar.store.base import SharedStore, StoreUnavailable
+from sidecar.store.memory import MemoryStore
+from sidecar.store.watch import StoreWatch
 
 # Keep the encrypted cookie well under the browser's 4 KB (Fernet adds ~35% plus 57 bytes).
 _MAX_JSON = 2400
@@ -43,7 +47,8 @@ def derive_key(secret: bytes, label: bytes) -> bytes:
 class TransactionStore:
     """Begin and take login transactions in the encrypted transaction cookie."""
 
-    def __init__(self, secret: bytes, policy: CookiePolicy, max_age: int, clock: Clock) -> None:
+    def __init__(self, secret: bytes, policy: CookiePolicy, max_age: int, clock: Clock, *,
+                 spent: SharedStore | None = None, watch: StoreWatch | None = None) -> None:
         attrs = policy.attrs("tx")
         self.name = policy.name("tx")
         self.clear_attrs = policy.clear_attrs("tx")
@@ -59,7 +64,10 @@ class TransactionStore:
             httponly=True,
             samesite=attrs.get("samesite"),
         )
-        self.spent = SimpleMemoryCache()
+        # Spent states: the shared store, and this process's own memory behind it.
+        self._local = MemoryStore()
+        self._shared = spent if spent is not None and spent is not self._local else None
+        self._watch = watch
 
     async def begin(self, request: web.Request, response: web.StreamResponse, state: str,
                     tx: Transaction) -> None:
@@ -74,8 +82,8 @@ class TransactionStore:
 
     async def take(self, request: web.Request, response: web.StreamResponse, state: str) -> Transaction:
         """The transaction for ``state``, removed from the cookie (written to ``response``)."""
-        digest = hashlib.sha256(state.encode()).hexdigest()
-        if await self.spent.exists(digest):
+        key = "spent:" + hashlib.sha256(state.encode()).hexdigest()
+        if await self._is_spent(key):
             raise FlowRejected("replayed_callback")
         session = await self.storage.load_session(request)
         pending: dict[str, Any] = dict(session.get("tx") or {})
@@ -84,7 +92,9 @@ class TransactionStore:
         tx = pending.pop(state, None)
         if not isinstance(tx, dict):
             raise FlowRejected("state_mismatch")
-        await self.spent.set(digest, True, ttl=self.max_age)
+        if not await self._spend(key):
+            # Another callback with this state won the race on another process or replica.
+            raise FlowRejected("replayed_callback")
         if pending:
             session["tx"] = pending
             await self.storage.save_session(request, response, session)
@@ -98,5 +108,39 @@ class TransactionStore:
         return Transaction(verifier=str(tx["verifier"]), nonce=str(tx["nonce"]),
                            return_to=str(tx["return_to"]), created=float(tx["created"]))
 
+    async def _is_spent(self, key: str) -> bool:
+        if await self._local.get(key) is not None:
+            return True
+        if self._shared is None:
+            return False
+        try:
+            spent = await self._shared.get(key) is not None
+        except StoreUnavailable as exc:
+            self._failed(exc.reason)
+            return False
+        self._answered()
+        return spent
+
+    async def _spend(self, key: str) -> bool:
+        """Mark the state used; False when someone else already did (set-if-absent)."""
+        first = await self._local.add(key, b"1", self.max_age)
+        if self._shared is None:
+            return first
+        try:
+            won = await self._shared.add(key, b"1", self.max_age)
+        except StoreUnavailable as exc:
+            self._failed(exc.reason)
+            return first
+        self._answered()
+        return won and first
+
+    def _failed(self, reason: str) -> None:
+        if self._watch is not None:
+            self._watch.failed(reason)
+
+    def _answered(self) -> None:
+        if self._watch is not None:
+            self._watch.answered()
+
     async def close(self) -> None:
-        await self.spent.clear()
+        await self._local.close()

@@ -31,6 +31,9 @@ class ProviderConfig:
     id_ttl: int = 3600
     refresh_ttl: int = 30 * DAY
     rotate_refresh_tokens: bool = False
+    # With rotation: seconds a rotated-out refresh token still works (Cognito's
+    # RetryGracePeriodSeconds, 0-60); a later reuse revokes the whole family (reuse detection).
+    refresh_reuse_grace: float = 0.0
     code_ttl: int = 300
     # Cognito accepts requests without PKCE; this fake refuses them unless told otherwise.
     require_pkce: bool = True

@@ -120,9 +120,12 @@ class BackChannelEndpoints:
 
     def _refresh(self, form: MultiDictProxy[Any], client_id: str) -> dict[str, Any]:
         refresh_token = _field(form, "refresh_token", required=True) or ""
-        family = self.p.ledger.family_of_refresh(refresh_token, client_id, self.p.now())
+        config = self.config
+        now = self.p.now()
+        grace = config.refresh_reuse_grace if config.rotate_refresh_tokens else None
+        family = self.p.ledger.family_of_refresh(refresh_token, client_id, now, reuse_grace=grace)
         # Cognito without rotation answers with no refresh_token field at all.
-        rotated = self.p.ledger.rotate_refresh(family) if self.config.rotate_refresh_tokens else None
+        rotated = self.p.ledger.rotate_refresh(family, now) if config.rotate_refresh_tokens else None
         return self.p.token_response(family, nonce=None, refresh_token=rotated)
 
     async def revoke(self, request: web.Request) -> web.Response:

@@ -64,6 +64,8 @@ class Ledger:
     codes: dict[str, CodeRecord] = field(default_factory=dict)
     families: dict[str, Family] = field(default_factory=dict)
     refresh_index: dict[str, str] = field(default_factory=dict)  # refresh token -> origin_jti
+    # Rotated-out refresh tokens -> (origin_jti, when they were rotated out): reuse detection.
+    retired: dict[str, tuple[str, float]] = field(default_factory=dict)
     sessions: dict[str, SignInSession] = field(default_factory=dict)
 
     # -- authorization codes -------------------------------------------------------------------
@@ -105,8 +107,21 @@ class Ledger:
             self.refresh_index[refresh_token] = grant.origin_jti
         return family
 
-    def family_of_refresh(self, refresh_token: str, client_id: str, now: float) -> Family:
+    def family_of_refresh(self, refresh_token: str, client_id: str, now: float, *,
+                          reuse_grace: float | None = None) -> Family:
+        """The live family of ``refresh_token``.
+
+        ``reuse_grace``: with rotation, a rotated-out token used again within that many seconds is
+        still served (Cognito's ``RetryGracePeriodSeconds``); after it, the reuse is taken as theft
+        and the whole family is revoked (Okta, Auth0, Keycloak, oidc-provider; OAuth 2.0 Security
+        BCP §4.14.2). None: no reuse detection, the old token is simply unknown.
+        """
         origin = self.refresh_index.get(refresh_token)
+        if origin is None and reuse_grace is not None and refresh_token in self.retired:
+            origin, retired_at = self.retired[refresh_token]
+            if now - retired_at >= reuse_grace:
+                self.revoke_family(origin)
+                raise OAuthError("invalid_grant", "Refresh Token has been revoked (reused)")
         family = self.families.get(origin) if origin is not None else None
         if family is None or family.revoked or family.grant.client_id != client_id:
             raise OAuthError("invalid_grant", "Invalid Refresh Token")
@@ -114,10 +129,11 @@ class Ledger:
             raise OAuthError("invalid_grant", "Refresh Token has expired")
         return family
 
-    def rotate_refresh(self, family: Family) -> str:
+    def rotate_refresh(self, family: Family, now: float = 0.0) -> str:
         """Swap the family's refresh token for a new one; the old one stops working at once."""
         if family.refresh_token is not None:
             self.refresh_index.pop(family.refresh_token, None)
+            self.retired[family.refresh_token] = (family.grant.origin_jti, now)
         family.refresh_token = secrets.token_urlsafe(48)
         self.refresh_index[family.refresh_token] = family.grant.origin_jti
         return family.refresh_token
@@ -166,6 +182,9 @@ class Ledger:
         for sid in [s for s, v in self.sessions.items() if now >= v.expires_at]:
             del self.sessions[sid]
         stale = [o for o, f in self.families.items() if now > max(f.refresh_expires_at, f.last_exp)]
+        gone = set(stale)
+        for token in [t for t, (o, _at) in self.retired.items() if o in gone]:
+            del self.retired[token]
         for origin in stale:
             family = self.families.pop(origin)
             if family.refresh_token is not None:

@@ -220,9 +220,33 @@ async def test_refresh_with_rotation_invalidates_the_old_token(make_provider: Pr
     first = await (await exchange(client, await sign_in(client))).json()
     body = await (await refresh(client, first["refresh_token"])).json()
     assert body["refresh_token"] != first["refresh_token"]
-    assert await _error(await refresh(client, first["refresh_token"])) == "invalid_grant"
-    assert (await refresh(client, body["refresh_token"])).status == 200
     assert not provider.refresh_token_is_live(first["refresh_token"])
+    assert (await refresh(client, body["refresh_token"])).status == 200
+
+
+async def test_reusing_a_rotated_refresh_token_revokes_the_whole_family(
+    make_provider: ProviderFactory,
+) -> None:
+    provider, client = await make_provider(rotate_refresh_tokens=True)
+    first = await (await exchange(client, await sign_in(client))).json()
+    second = await (await refresh(client, first["refresh_token"])).json()
+    # The old token again: taken as theft (OAuth 2.0 Security BCP §4.14.2), the family is revoked.
+    assert await _error(await refresh(client, first["refresh_token"])) == "invalid_grant"
+    assert not provider.refresh_token_is_live(second["refresh_token"])
+    assert await _error(await refresh(client, second["refresh_token"])) == "invalid_grant"
+
+
+async def test_within_the_retry_grace_period_a_rotated_token_is_still_served(
+    make_provider: ProviderFactory, clock: FakeClock
+) -> None:
+    provider, client = await make_provider(rotate_refresh_tokens=True, refresh_reuse_grace=10)
+    first = await (await exchange(client, await sign_in(client))).json()
+    second = await (await refresh(client, first["refresh_token"])).json()
+    clock.advance(9)
+    assert (await refresh(client, first["refresh_token"])).status == 200
+    clock.advance(2)
+    assert await _error(await refresh(client, first["refresh_token"])) == "invalid_grant"
+    assert not provider.refresh_token_is_live(second["refresh_token"])
 
 
 async def test_an_expired_refresh_token_is_invalid_grant(served: Served, clock: FakeClock) -> None:

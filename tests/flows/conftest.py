@@ -183,3 +183,7 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 async def stack(make_stack: StackFactory) -> Stack:
     return await make_stack()
+
+
+# Sidecar replicas as real processes (tests/flows/fleet_support.py).
+from tests.flows.fleet_support import make_fleet  # noqa: E402, F401

@@ -1,0 +1,64 @@
+"""The shared store: what the processes and replicas of one deployment share.
+
+Three implementations behind one protocol, each passing the same contract suite
+(``tests/store/test_contract.py``):
+
+* :class:`~sidecar.store.memory.MemoryStore` — one process (the default), or the host store's
+  back end;
+* :class:`~sidecar.store.host.HostStoreClient` — the workers of ``serve --workers N`` on one host,
+  through the supervisor over a private Unix socket (no Redis needed);
+* :class:`~sidecar.store.redis.RedisStore` — every replica of a deployment (``store.backend: redis``).
+
+Values are bytes the caller has already sealed (:mod:`sidecar.store.sealed`) when they hold anything
+secret: a Redis dump alone reveals no token. Keys are digests and fixed names, never a credential.
+A store that cannot answer raises :class:`StoreUnavailable`; callers decide what to fall back to.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from sidecar.errors import SidecarError
+
+
+class StoreUnavailable(SidecarError):
+    """The shared store did not answer (down, timeout, refused). ``reason`` is a fixed identifier."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class Lease(Protocol):
+    """Exclusive right to do one piece of work for a key, until released or expired."""
+
+    async def renew(self) -> bool:
+        """Extend the lease by its TTL; False when it was lost (expired and taken by another)."""
+        ...
+
+    async def release(self) -> None:
+        """Give it up, only if still held by this holder (fencing value compared in the store)."""
+        ...
+
+
+class SharedStore(Protocol):
+    """Bytes under keys with a time to live, set-if-absent, and leases with fencing."""
+
+    # "memory", "host" or "redis": the metric label and log field.
+    kind: str
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def put(self, key: str, value: bytes, ttl: float) -> None: ...
+
+    async def add(self, key: str, value: bytes, ttl: float) -> bool:
+        """Set ``key`` only if absent; True when this call set it."""
+        ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def lease(self, key: str, ttl: float) -> Lease | None:
+        """Take the lease on ``key`` for ``ttl`` seconds, or None while another holds it."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,105 @@
+"""The Redis store: every replica of a deployment shares it (``store.backend: redis``).
+
+redis-py's asyncio client directly, not aiocache's Redis back end: leases need two small Lua scripts
+(renew and release only while the fence value still matches, atomically in Redis), the pool size and
+both timeouts must be ours to set, and TLS (``rediss://``) with a private CA must be configurable;
+one client with one pool serves every operation. Every failure becomes :class:`StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from sidecar.config import RedisSettings
+from sidecar.store.base import StoreUnavailable
+
+T = TypeVar("T")
+
+# Extend / delete the lease only while it still holds our fence value (a lapsed lease taken over
+# by another holder must not be extended or released by the first).
+_RENEW = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
+          "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end")
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class RedisLease:
+    def __init__(self, store: RedisStore, key: str, fence: bytes, ttl: float) -> None:
+        self._store = store
+        self._key = key
+        self._fence = fence
+        self._ttl = ttl
+
+    async def renew(self) -> bool:
+        renewed = await self._store._call(
+            lambda r: r.eval(_RENEW, 1, self._key, self._fence, _ms(self._ttl)))
+        return bool(renewed)
+
+    async def release(self) -> None:
+        await self._store._call(lambda r: r.eval(_RELEASE, 1, self._key, self._fence))
+
+
+class RedisStore:
+    kind = "redis"
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self._prefix = settings.key_prefix
+        kwargs: dict[str, Any] = {
+            "max_connections": settings.pool_size,
+            "timeout": settings.command_timeout,  # waiting for a free pooled connection
+            "socket_connect_timeout": settings.connect_timeout,
+            "socket_timeout": settings.command_timeout,
+            "username": settings.username,
+            "password": settings.password.get_secret_value() if settings.password else None,
+        }
+        if settings.url.startswith("rediss://"):
+            kwargs["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+            if settings.tls_ca_file is not None:
+                kwargs["ssl_ca_certs"] = str(settings.tls_ca_file)
+        pool = aioredis.BlockingConnectionPool.from_url(settings.url, **kwargs)
+        self._redis = aioredis.Redis(connection_pool=pool)
+        # Where it is, for log lines: never the password.
+        self.where = pool.connection_kwargs.get("host", "?")
+
+    async def _call(self, op: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+        try:
+            return await op(self._redis)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from None
+
+    def _key(self, key: str) -> str:
+        return self._prefix + key
+
+    async def ping(self) -> None:
+        await self._call(lambda r: r.ping())
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self._call(lambda r: r.get(self._key(key)))
+        return value if isinstance(value, bytes) else None
+
+    async def put(self, key: str, value: bytes, ttl: float) -> None:
+        await self._call(lambda r: r.set(self._key(key), value, px=_ms(ttl)))
+
+    async def add(self, key: str, value: bytes, ttl: float) -> bool:
+        return bool(await self._call(lambda r: r.set(self._key(key), value, px=_ms(ttl), nx=True)))
+
+    async def delete(self, key: str) -> None:
+        await self._call(lambda r: r.delete(self._key(key)))
+
+    async def lease(self, key: str, ttl: float) -> RedisLease | None:
+        fence = secrets.token_hex(16).encode()
+        if not await self.add(key, fence, ttl):
+            return None
+        return RedisLease(self, self._key(key), fence, ttl)
+
+    async def close(self) -> None:
+        await self._redis.aclose(close_connection_pool=True)
