@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import unused_port
 
 from sidecar import cli
-from sidecar.config import load_settings
+from sidecar.config_load import load_settings
 from sidecar.dev.provider import DevProvider, ProviderConfig, start_provider
 from sidecar.dev.upstream import create_upstream_app
 from tests.flows.conftest import FakeClock
@@ -111,7 +111,8 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         pytest.param(config(oidc={"client_id": None}), ["oidc.client_id: required key is missing"],
                      id="missing-nested-key"),
         pytest.param(config(cookies={"same_site": "none", "secure": False}),
-                     ["cookies.same_site: none requires secure: true"], id="same-site-none-without-secure"),
+                     ["cookies.same_site: none requires secure: true",
+                      "cookies.secure: must be true outside dev_mode"], id="same-site-none-without-secure"),
         pytest.param(config(dev_mode=True, cookies={"same_site": "none", "secure": False}),
                      ["cookies.same_site: none requires secure: true"],
                      id="same-site-none-without-secure-in-dev"),
