@@ -305,6 +305,17 @@ def test_serve_refuses_exactly_what_check_config_refuses_with_the_same_lines(
         assert sum(line.startswith(PREFIX + want) for line in lines) == 1, (want, lines)
 
 
+def test_check_config_prints_warnings_on_stderr_and_still_exits_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, lines = check_config(capsys, write(tmp_path, config(public_paths=["/static/", "/health"])))
+
+    assert code == 0
+    assert lines == ["authsidecar: config warning: public_paths.0: '/static/' matches only that exact path; "
+                     "write '/static/**' for everything under it"]
+    assert json.loads(out)["public_paths"] == ["/static/", "/health"]
+
+
 def test_check_config_prints_the_effective_config_with_secrets_masked(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -114,7 +114,7 @@ async def test_serve_in_dev_mode_warns_once_and_runs_logins_on_a_generated_secre
     tmp_path: Path, ports: tuple[int, int], provider: DevProvider, echo_upstream: str  # noqa: F811
 ) -> None:
     port, admin_port = ports
-    path = write(tmp_path, serve_config(provider, port, cookies={"secure": False}))
+    path = write(tmp_path, serve_config(provider, port, cookies={"secure": False}, public_paths=["/static/"]))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "sidecar", "serve", "--config", str(path),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=start_env(ports, echo_upstream),
@@ -139,6 +139,9 @@ async def test_serve_in_dev_mode_warns_once_and_runs_logins_on_a_generated_secre
     assert "production" in warning["detail"]
     assert "http://" in warning["detail"]
     assert "Secure" in warning["detail"]
+    assert [e["detail"] for e in logged if e["event"] == "config_warning"] == [
+        "public_paths.0: '/static/' matches only that exact path; write '/static/**' for everything under it"
+    ]
     generated = next(e for e in logged if e["event"] == "cookie_secret_generated")
     assert set(generated) == {"event", "level", "ts", "detail"}  # the secret itself is in no field
 
