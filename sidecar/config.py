@@ -116,16 +116,6 @@ class OidcSettings(Section):
     def _issuer(cls, v: str) -> str:
         return check_url(v).rstrip("/")
 
-    @field_validator("cognito_domain")
-    @classmethod
-    def _domain(cls, v: str | None) -> str | None:
-        if not v:
-            return v
-        parts = urlsplit(v if "://" in v else f"https://{v}")
-        if parts.scheme not in ("http", "https") or not parts.hostname or not v.isascii():
-            raise ValueError(f"{v!r} is not a host (auth.example.com) or an http(s) URL")
-        return v
-
     @field_validator("passthrough_params")
     @classmethod
     def _passthrough(cls, v: tuple[str, ...]) -> tuple[str, ...]:

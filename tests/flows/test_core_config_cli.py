@@ -152,8 +152,6 @@ REFUSED = [
     pytest.param(config(oidc={"passthrough_params": ["lang", "state"]}),
                  ["oidc.passthrough_params: ['state'] are set by the sidecar itself"],
                  id="passthrough-param-the-sidecar-sets"),
-    pytest.param(config(oidc={"cognito_domain": "ftp://auth.example.com"}), ["oidc.cognito_domain: "],
-                 id="cognito-domain-not-a-host"),
     pytest.param(config(listen={"tls_cert": "/etc/tls/cert.pem"}), ["listen.tls_key: required when"],
                  id="tls-cert-without-key"),
     pytest.param(config(csrf={"exempt_paths": ["/hooks/**", "hooks"]}),
