@@ -16,8 +16,10 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from sidecar import __version__
-from sidecar.config import Settings, load_settings, redacted
+from sidecar.config import Settings, config_warnings
+from sidecar.config_load import SECRET_ENV, load_settings, redacted, with_runtime_defaults
 from sidecar.errors import ConfigError
+from sidecar.observability import Logger
 from sidecar.supervisor import WORKER_FLAG
 
 EXIT_CONFIG = 2
@@ -42,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEV_MODE_WARNING = ("dev_mode is on: http:// issuers and non-Secure cookies are allowed; "
+                    "never run this in production")
+GENERATED_KEY_NOTICE = ("no cookies.secret in dev_mode: a random one was generated for this run "
+                        "(logins in flight do not survive a restart)")
+
+
 def _config_error(exc: ConfigError) -> int:
     for message in exc.messages:
         print(f"authsidecar: config error: {message}", file=sys.stderr)
@@ -56,15 +64,23 @@ def _run(coro_factory: Callable[[], Coroutine[Any, Any, int | None]]) -> int:
     return uvloop.run(coro_factory()) or 0
 
 
-async def serve(settings: Settings, *, reuse_port: bool = False, host_store: str | None = None) -> int:
+async def serve(settings: Settings, *, reuse_port: bool = False, secret_generated: bool = False,
+                host_store: str | None = None) -> int:
+    """Run one sidecar process until SIGTERM/SIGINT. ``settings`` must carry a cookie secret.
+
+    ``host_store``: the supervisor's store socket, for a worker of ``serve --workers N``.
+    """
     from sidecar.admin import HEALTH
     from sidecar.app import admin_app_for, create_app
     from sidecar.observability import flush_logs, make_logger
     from sidecar.server import Sidecar
 
+    if settings.cookies.secret is None:
+        raise ValueError("serve needs cookies.secret; pass the settings through with_runtime_defaults")
     # Batched: one write per 20 ms of log lines rather than a write and a flush per line.
     log = make_logger(settings.logging.level, settings.logging.format, batched=True)
     app = create_app(settings, log=log, host_store=host_store)
+    _log_start_up(log, settings, secret_generated=secret_generated)
     sidecar = Sidecar(app, admin_app_for(app), settings, reuse_port=reuse_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -88,6 +104,16 @@ async def serve(settings: Settings, *, reuse_port: bool = False, host_store: str
     return 0
 
 
+def _log_start_up(log: Logger, settings: Settings, *, secret_generated: bool) -> None:
+    """The loud lines before ``listening``: dev mode, a generated secret, patterns that look wrong."""
+    if settings.dev_mode:
+        log.warning("dev_mode_enabled", detail=DEV_MODE_WARNING)
+    if secret_generated:
+        log.warning("cookie_secret_generated", detail=GENERATED_KEY_NOTICE)
+    for line in config_warnings(settings):
+        log.warning("config_warning", detail=line)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "dev":
@@ -99,18 +125,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return _config_error(exc)
     if args.command == "check-config":
+        for line in config_warnings(settings):
+            print(f"authsidecar: config warning: {line}", file=sys.stderr)
         print(json.dumps(redacted(settings), indent=2))
         return 0
     workers = args.workers if args.workers is not None else settings.workers
     if workers < 1:
         print("authsidecar: config error: --workers: must be at least 1", file=sys.stderr)
         return EXIT_CONFIG
+    secret_generated = settings.cookies.secret is None
+    settings = with_runtime_defaults(settings)
     if workers > 1 and not args.worker:
+        from sidecar.observability import make_logger
         from sidecar.supervisor import supervise
 
+        if secret_generated and settings.cookies.secret is not None:
+            # One secret for every worker, so CSRF tokens and login transactions work across them.
+            os.environ[SECRET_ENV] = settings.cookies.secret.get_secret_value()
+            log = make_logger(settings.logging.level, settings.logging.format)
+            log.warning("cookie_secret_generated", detail=GENERATED_KEY_NOTICE, workers=workers)
         return supervise(workers, ["--config", args.config] if args.config else [],
                          host_store=settings.store.backend == "memory")
     from sidecar.store.host import HOST_STORE_ENV
 
     host_store = os.environ.get(HOST_STORE_ENV) if args.worker else None
-    return _run(lambda: serve(settings, reuse_port=args.worker, host_store=host_store))
+    return _run(lambda: serve(settings, reuse_port=args.worker, secret_generated=secret_generated,
+                              host_store=host_store))

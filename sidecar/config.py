@@ -1,76 +1,56 @@
-"""Settings: one YAML file, then ``AUTHSIDECAR_*`` environment overrides, then ``*_file`` secrets.
+"""The settings schema: every check on the configuration lives here, so ``check-config`` == ``serve``.
 
-``load_settings`` is the only reader of configuration files, secret files and the environment. It
-returns a frozen :class:`Settings` or raises :class:`~sidecar.errors.ConfigError` listing every
-problem, each naming its dotted key. Unknown keys are refused so that a typo never silently turns
-into a default.
-
-Environment overrides: ``AUTHSIDECAR_`` + the dotted key upper-cased with ``__`` between levels, e.g.
-``AUTHSIDECAR_OIDC__CLIENT_ID`` sets ``oidc.client_id``. Values are read as YAML scalars or flow
-collections (``true``, ``42``, ``[admins, ops]``). Any key ``X`` also accepts ``X_file``: the path of a
-file whose contents (trailing newline stripped) become the value, for Kubernetes Secrets mounted as
-files, e.g. ``AUTHSIDECAR_OIDC__CLIENT_SECRET_FILE=/var/run/secrets/oidc/client-secret``.
+Frozen, closed models (unknown keys are refused, so a typo never silently turns into a default).
+Field checks sit on the fields; rules relating several keys are :mod:`sidecar.config_checks`, each
+naming the keys it reads, so a file with a broken field still gets every other rule checked in the
+same round (see :mod:`sidecar.config_load`). A value this schema accepts never makes a constructor
+at start-up raise. Pure: no files, no environment; reading those is :mod:`sidecar.config_load`'s job.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from sidecar.errors import ConfigError
+from sidecar.config_checks import absolute_path, check_origin, check_url, cross_key_problems, each, safe_path
+from sidecar.config_checks import config_warnings as config_warnings
+from sidecar.origin import URI_CHARS, origin_of
 
-ENV_PREFIX = "AUTHSIDECAR_"
 COGNITO_ISSUER = re.compile(r"^https://cognito-idp\.([a-z0-9-]+)\.amazonaws\.com/([\w-]+_[0-9A-Za-z]+)$")
+# RFC 9110 §5.6.2 token: header names, and cookie names (RFC 6265 §4.1.1).
 HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 IDENTITY_PREFIXES = ("x-user-", "x-auth-request-")
+# Parameters of the authorization request the sidecar sets itself (RFC 6749 §4.1.1, RFC 7636 §4.3,
+# OpenID Connect Core §3.1.2.1): a passthrough parameter may not override them.
+AUTHORIZE_PARAMS = frozenset({
+    "response_type", "client_id", "redirect_uri", "scope", "state", "nonce",
+    "code_challenge", "code_challenge_method",
+})
+# The sidecar's own routes; me_alias may not shadow them.
+AUTH_ROUTES = frozenset({"/auth/login", "/auth/callback", "/auth/refresh", "/auth/logout", "/auth/me"})
+# Validation context key: dotted keys that failed their own checks; cross-key rules reading them
+# are skipped (their values here are stand-ins, see sidecar.config_load).
+FAILED_KEYS = "failed_keys"
 
 
 class Section(BaseModel):
-    """Frozen, closed model; ``KEY_file`` loads any key's value from a file."""
+    """Frozen and closed."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _read_files(cls, data: Any) -> Any:
-        if not isinstance(data, Mapping):
-            return data
-        out = dict(data)
-        for key in list(out):
-            if not (isinstance(key, str) and key.endswith("_file")):
-                continue
-            base = key[: -len("_file")]
-            if base not in cls.model_fields or key in cls.model_fields:
-                continue
-            path = out.pop(key)
-            try:
-                out[base] = Path(str(path)).read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                raise ValueError(f"{key}: cannot read {path}: {exc.strerror}") from None
-        return out
-
-
-def _check_url(value: str, *, name: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{name} must be an absolute http(s) URL, got {value!r}")
-    return value
 
 
 class ListenSettings(Section):
@@ -80,12 +60,6 @@ class ListenSettings(Section):
     tls_key: Path | None = None
     # Seconds in-flight requests (and websockets) get to finish after SIGTERM.
     shutdown_grace: float = Field(20.0, ge=0)
-
-    @model_validator(mode="after")
-    def _tls_pair(self) -> ListenSettings:
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert and tls_key must be set together")
-        return self
 
 
 class AdminSettings(Section):
@@ -104,7 +78,7 @@ class UpstreamSettings(Section):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        return _check_url(v, name="url").rstrip("/")
+        return check_url(v).rstrip("/")
 
 
 class OidcSettings(Section):
@@ -140,7 +114,15 @@ class OidcSettings(Section):
     @field_validator("issuer")
     @classmethod
     def _issuer(cls, v: str) -> str:
-        return _check_url(v, name="issuer").rstrip("/")
+        return check_url(v).rstrip("/")
+
+    @field_validator("passthrough_params")
+    @classmethod
+    def _passthrough(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        clash = sorted(AUTHORIZE_PARAMS.intersection(v))
+        if clash:
+            raise ValueError(f"{clash} are set by the sidecar itself; remove them")
+        return v
 
     @property
     def is_cognito(self) -> bool:
@@ -170,13 +152,10 @@ class CookieSettings(Section):
             raise ValueError("must be at least 32 characters (e.g. `openssl rand -base64 48`)")
         return v
 
-    @model_validator(mode="after")
-    def _attrs(self) -> CookieSettings:
-        if self.same_site == "none" and not self.secure:
-            raise ValueError("same_site: none requires secure: true (browsers drop such cookies)")
-        if self.host_prefix and (not self.secure or self.domain):
-            raise ValueError("host_prefix requires secure: true and no domain")
-        return self
+    @field_validator("refresh_token_path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return absolute_path(v)
 
 
 class CorsSettings(Section):
@@ -188,11 +167,9 @@ class CorsSettings(Section):
     @field_validator("allowed_origins")
     @classmethod
     def _origins(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for origin in v:
-            if origin == "*":
-                raise ValueError("'*' cannot be combined with credentials; list exact origins")
-            _check_origin(origin)
-        return tuple(o.rstrip("/").lower() for o in v)
+        if "*" in v:
+            raise ValueError("'*' cannot be combined with credentials; list exact origins")
+        return each(v, check_origin)
 
 
 class CsrfSettings(Section):
@@ -203,6 +180,18 @@ class CsrfSettings(Section):
     # CSRF token, while the token cookies stay host-only on the sidecar's host.
     cookie_domain: str | None = None
     exempt_paths: tuple[str, ...] = ()
+
+    @field_validator("header", "cookie")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not HEADER_NAME.match(v):
+            raise ValueError(f"{v!r} is not a valid name (letters, digits and !#$%&'*+.^_`|~-)")
+        return v
+
+    @field_validator("exempt_paths")
+    @classmethod
+    def _paths(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return each(v, absolute_path)
 
 
 class IdentityHeaderSettings(Section):
@@ -293,7 +282,8 @@ class RedisSettings(Section):
     def _url(cls, v: str) -> str:
         parts = urlsplit(v)
         if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-            raise ValueError(f"must be a redis:// or rediss:// URL, got {v!r}")
+            # The value is not repeated: it may hold a password.
+            raise ValueError("must be a redis:// or rediss:// URL with a host")
         if parts.password or parts.username:
             raise ValueError("put no credentials in the URL; use store.redis.username and password_file")
         return v
@@ -311,17 +301,28 @@ class StoreSettings(Section):
         return self
 
 
-class LogoutSettings(Section):
-    # Where the browser lands after logout (default: app_url); an origin of app_url or
-    # allowed_return_origins, like return_to.
-    redirect_url: str | None = None
-
-
 class LoggingSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
     # One line per request (method, route class, status, durations, sub, request id).
     access_log: bool = True
+
+
+class LogoutSettings(Section):
+    # Where the browser lands after /auth/logout (default: app_url). On app_url's origin or one of
+    # allowed_return_origins; a page that does not itself require a login.
+    redirect_url: str | None = None
+
+    @field_validator("redirect_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if origin_of(v) is None or not safe_path(parts.path or "/") or len(v) > 2048:
+            raise ValueError(f"{v!r} is not an absolute http(s) URL like https://app.example.com/signed-out "
+                             "(ASCII only, no userinfo)")
+        return v
 
 
 class Settings(Section):
@@ -346,26 +347,35 @@ class Settings(Section):
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # An alias of /auth/me served at this path as well (e.g. "/me"); empty for none.
     me_alias: str | None = None
-    logout: LogoutSettings = LogoutSettings()
     # What the processes and replicas share: refresh single-flight, spent login states.
     store: StoreSettings = StoreSettings()
     logging: LoggingSettings = LoggingSettings()
     # Processes sharing the ports (SO_REUSEPORT); `serve --workers N` overrides.
     workers: int = Field(1, ge=1, le=64)
+    logout: LogoutSettings = LogoutSettings()
     # Development only: allows an http:// issuer and non-Secure cookies.
     dev_mode: bool = False
 
     @field_validator("callback_url", "app_url")
     @classmethod
     def _urls(cls, v: str) -> str:
-        return _check_url(v, name="URL")
+        return check_url(v)
 
     @field_validator("allowed_return_origins")
     @classmethod
     def _ret_origins(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for origin in v:
-            _check_origin(origin)
-        return tuple(o.rstrip("/").lower() for o in v)
+        return each(v, check_origin)
+
+    @field_validator("me_alias")
+    @classmethod
+    def _me_alias(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        if not v.startswith("/") or "{" in v or "}" in v or not URI_CHARS.fullmatch(v):
+            raise ValueError(f"{v!r} is not a plain path like /me")
+        if v.rstrip("/") in AUTH_ROUTES or v.rstrip("/") == "/auth":
+            raise ValueError(f"{v!r} is a route of the sidecar itself; pick another path like /me")
+        return v
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -394,128 +404,12 @@ class Settings(Section):
     @field_validator("public_paths")
     @classmethod
     def _public(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for p in v:
-            if not p.startswith("/"):
-                raise ValueError(f"{p!r} must start with '/'")
-        return v
+        return each(v, absolute_path)
 
     @model_validator(mode="after")
-    def _cross(self) -> Settings:
-        problems: list[tuple[str, str]] = []
-        if not self.dev_mode:
-            if self.oidc.issuer.startswith("http://"):
-                problems.append(("oidc.issuer", "must be https outside dev_mode"))
-            if not self.cookies.secure:
-                problems.append(("cookies.secure", "must be true outside dev_mode"))
-            if self.cookies.secret is None:
-                problems.append(("cookies.secret", "required (set AUTHSIDECAR_COOKIES__SECRET_FILE)"))
-        if self.oidc.is_cognito and not self.oidc.cognito_domain and not self.dev_mode:
-            problems.append(("oidc.cognito_domain", "required for a Cognito issuer (the Hosted UI domain)"))
+    def _cross(self, info: ValidationInfo) -> Settings:
+        failed = (info.context or {}).get(FAILED_KEYS, frozenset())
+        problems = cross_key_problems(self, failed)
         if problems:
             raise ValueError(" | ".join(f"{k}: {m}" for k, m in problems))
         return self
-
-
-def _check_origin(origin: str) -> None:
-    parts = urlsplit(origin)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-        raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
-
-
-# Environment variables with the prefix that are not settings: the config file's path, and the
-# supervisor's host-store socket handed to its workers.
-_NOT_SETTINGS = frozenset({ENV_PREFIX + "CONFIG", ENV_PREFIX + "HOST_STORE"})
-_VERBATIM = frozenset({"client_id", "client_secret", "secret"})
-
-
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or name in _NOT_SETTINGS:
-            continue
-        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
-        if not all(path):
-            raise ConfigError([f"{name}: empty key segment (use __ between levels)"])
-        if path[-1] in _VERBATIM:
-            # Ids and secrets are taken as written: read as YAML, "12345" would be a number, a
-            # secret starting with "#" or "&" would be null and "abc #def" would lose " #def".
-            value: Any = raw
-        else:
-            try:
-                value = yaml.safe_load(raw) if raw.strip() else ""
-            except yaml.YAMLError:
-                value = raw
-        node = tree
-        for key in path[:-1]:
-            child = node.setdefault(key, {})
-            if not isinstance(child, dict):
-                raise ConfigError([f"{name}: conflicts with another override"])
-            node = child
-        node[path[-1]] = value
-    return tree
-
-
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(dict(out[key]), value)
-        else:
-            out[key] = value
-    return out
-
-
-def _messages(error: ValidationError) -> list[str]:
-    lines = []
-    for item in error.errors():
-        key = ".".join(str(p) for p in item["loc"])
-        kind = item["type"]
-        if kind == "extra_forbidden":
-            lines.append(f"{key}: unknown key")
-        elif kind == "missing":
-            lines.append(f"{key}: required key is missing")
-        elif kind == "value_error":
-            # Validators name a sub-key as "name: problem"; several problems are joined by " | ".
-            for part in str(item["msg"]).removeprefix("Value error, ").split(" | "):
-                keyed = _KEYED.match(part) is not None
-                lines.append(f"{key}.{part}" if key and keyed else part if keyed else f"{key}: {part}")
-        else:
-            lines.append(f"{key}: {item['msg']}")
-    return lines
-
-
-_KEYED = re.compile(r"^[a-z_][a-z0-9_.]*: ")
-
-
-def parse_settings(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
-    """Validate an already-parsed mapping (plus optional environment overrides)."""
-    merged = _merge(dict(data), _env_overrides(environ or {}))
-    try:
-        return Settings.model_validate(merged)
-    except ValidationError as exc:
-        raise ConfigError(_messages(exc)) from None
-
-
-def load_settings(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Settings:
-    """Read the YAML file (if any), apply ``AUTHSIDECAR_*`` overrides and validate."""
-    data: Any = {}
-    if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError([f"config file {path}: {exc.strerror}"]) from None
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or "invalid YAML"
-            raise ConfigError([f"config file {path}:{where}: {problem}"]) from None
-        if not isinstance(data, dict):
-            raise ConfigError([f"config file {path}: top level must be a mapping of keys"])
-    return parse_settings(data, environ)
-
-
-def redacted(settings: Settings) -> dict[str, Any]:
-    """The effective configuration as plain data, secrets masked (for ``check-config``)."""
-    return settings.model_dump(mode="json")

@@ -19,7 +19,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sidecar"
 # import each other (and never in a loop).
 LAYERS: dict[str, int] = {
     "sidecar": 0, "sidecar.__main__": 10, "sidecar.identity": 0, "sidecar.errors": 0, "sidecar.keys": 1,
-    "sidecar.config": 1, "sidecar.config_load": 2, "sidecar.observability": 1,
+    "sidecar.origin": 0, "sidecar.config_checks": 1, "sidecar.config": 2, "sidecar.config_load": 3,
+    "sidecar.observability": 1,
     "sidecar.oidc": 3, "sidecar.store": 3, "sidecar.auth": 4, "sidecar.proxy": 5, "sidecar.admin": 5,
     "sidecar.server": 6, "sidecar.app": 7, "sidecar.supervisor": 7, "sidecar.dev": 8, "sidecar.cli": 9,
 }
@@ -33,10 +34,13 @@ def module_name(path: Path) -> str:
 def layer_of(module: str) -> tuple[str, int]:
     """The layer entry that owns ``module`` (its longest prefix in LAYERS)."""
     parts = module.split(".")
-    for end in range(len(parts), 0, -1):
+    # Down to a package of sidecar (sidecar.auth, ...); the top-level modules are each listed.
+    for end in range(len(parts), 1, -1):
         prefix = ".".join(parts[:end])
         if prefix in LAYERS:
             return prefix, LAYERS[prefix]
+    if module == "sidecar":
+        return module, LAYERS[module]
     raise AssertionError(f"{module}: add it to LAYERS in {__file__}")
 
 

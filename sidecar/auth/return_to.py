@@ -23,41 +23,16 @@ import re
 from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit
 
+from sidecar.origin import URI_CHARS as _URI_CHARS
+from sidecar.origin import origin_of
+
+__all__ = ["MAX_LENGTH", "ReturnToPolicy", "origin_of"]
+
 MAX_LENGTH = 2048
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-# RFC 3986 §2: unreserved, reserved and "%". Browsers percent-encode everything else, so a raw
-# space, tab, backslash, quote or non-ASCII character means a crafted value: refuse it outright
-# (parsers disagree about exactly these, WHATWG URL §4.4 vs urllib).
-_URI_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
 _DECODED_BAD = re.compile(r"[\x00-\x1f\x7f\\]")
 _PATH_END = re.compile(r"[?#]")
 _MAX_DECODE_ROUNDS = 4
-
-
-def origin_of(url: str) -> str | None:
-    """``scheme://host[:port]`` of an http(s) URL, normalized; None when it has no usable origin.
-
-    Lower-cases scheme and host, drops the scheme's default port, keeps IPv6 brackets. Refuses
-    userinfo, a bad port and any character outside RFC 3986 (``urlsplit`` silently deletes tabs and
-    newlines, so ``https://ap\\tp.example`` must not get the chance to become ``app.example``).
-    """
-    if not _URI_CHARS.fullmatch(url):
-        return None
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    host = parts.hostname
-    if scheme not in _DEFAULT_PORTS or not host or "@" in parts.netloc:
-        return None
-    if ":" in host:
-        host = f"[{host}]"
-    if port is None or port == _DEFAULT_PORTS[scheme]:
-        return f"{scheme}://{host}"
-    return f"{scheme}://{host}:{port}"
 
 
 def _safe_path(path: str) -> bool:
@@ -77,6 +52,7 @@ class ReturnToPolicy:
     """Where a browser may be sent after login or logout; built once at start-up."""
 
     def __init__(self, app_url: str, allowed_origins: Iterable[str]) -> None:
+        # The settings schema refuses both cases first (check-config == serve); these guard direct use.
         app_origin = origin_of(app_url)
         if app_origin is None:
             raise ValueError(f"app_url {app_url!r} has no http(s) origin")

@@ -20,7 +20,8 @@ from typing import Any
 from aiohttp import web
 
 from sidecar.app import admin_app_for, create_app
-from sidecar.config import Settings, parse_settings
+from sidecar.config import Settings
+from sidecar.config_load import parse_settings
 from sidecar.dev.provider import DevProvider, ProviderConfig, start_provider
 from sidecar.dev.spa import SPA_PUBLIC_PATHS, spa_middleware
 from sidecar.dev.upstream import UPSTREAM_STATS, UpstreamStats, create_upstream_app

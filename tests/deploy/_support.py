@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
 from sidecar.admin import Health, create_admin_app
-from sidecar.config import ENV_PREFIX, Settings, load_settings
+from sidecar.config import Settings
+from sidecar.config_load import ENV_PREFIX, load_settings
 from sidecar.observability import Metrics, make_logger
 from sidecar.oidc.provider import ProviderLink
 

@@ -15,7 +15,8 @@ from botocore.validate import ParamValidator
 from pytest_aiohttp import AiohttpServer
 
 from sidecar import __version__, cli
-from sidecar.config import ENV_PREFIX, Settings, parse_settings
+from sidecar.config import Settings
+from sidecar.config_load import ENV_PREFIX, parse_settings
 
 from . import _dockerfile as df
 from ._support import (

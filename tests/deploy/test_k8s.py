@@ -16,7 +16,8 @@ from kubernetes_validate.utils import latest_version, major_minor
 from prometheus_client import CollectorRegistry
 
 from sidecar import __version__
-from sidecar.config import ENV_PREFIX, Settings, parse_settings
+from sidecar.config import Settings
+from sidecar.config_load import ENV_PREFIX, parse_settings
 from sidecar.errors import ConfigError
 from sidecar.observability import Metrics
 

@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import unused_port
 
 from sidecar import cli
-from sidecar.config import load_settings
+from sidecar.config_load import load_settings
 from sidecar.dev.provider import DevProvider, ProviderConfig, start_provider
 from sidecar.dev.upstream import create_upstream_app
 from tests.conftest import FakeClock
@@ -89,43 +89,120 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 # -- check-config: every problem one line naming its key ----------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("data", "expected"),
-    [
-        pytest.param(config(oidcc={"issuer": "x"}), ["oidcc: unknown key"], id="unknown-top-level-key"),
-        pytest.param(config(upstream={"urll": "http://x"}), ["upstream.urll: unknown key"],
-                     id="unknown-nested-key"),
-        pytest.param(config(rules=[{"path": "/a", "groupz": ["x"]}]), ["rules.0.groupz: unknown key"],
-                     id="unknown-key-in-a-rule"),
-        pytest.param(config(listen={"port": "eighty"}), ["listen.port: "], id="wrong-type-port"),
-        pytest.param(config(listen={"port": 70000}), ["listen.port: "], id="port-out-of-range"),
-        pytest.param(config(upstream="http://app:3000"), ["upstream: "], id="wrong-type-section"),
-        pytest.param(config(tokens={"accept_bearer": "maybe"}), ["tokens.accept_bearer: "],
-                     id="wrong-type-bool"),
-        pytest.param(config(rules=[{"path": "/a", "claims": {"role": 5, "dept": ["a", 1]}}]),
-                     ["rules.0.claims.role: must be a string", "rules.0.claims.dept: must be a string"],
-                     id="wrong-type-rule-claims"),
-        pytest.param(config(trusted_proxies=["10.0.0.0/8", "not-an-ip"]),
-                     ["trusted_proxies: 'not-an-ip' is not an address or network"], id="wrong-trusted-proxy"),
-        pytest.param(config(callback_url=None), ["callback_url: required key is missing"], id="missing-key"),
-        pytest.param(config(oidc={"client_id": None}), ["oidc.client_id: required key is missing"],
-                     id="missing-nested-key"),
-        pytest.param(config(cookies={"same_site": "none", "secure": False}),
-                     ["cookies.same_site: none requires secure: true"], id="same-site-none-without-secure"),
-        pytest.param(config(dev_mode=True, cookies={"same_site": "none", "secure": False}),
-                     ["cookies.same_site: none requires secure: true"],
-                     id="same-site-none-without-secure-in-dev"),
-        pytest.param(config(oidc={"issuer": "http://idp.example.com"}),
-                     ["oidc.issuer: must be https outside dev_mode"], id="http-issuer-without-dev-mode"),
-        pytest.param(config(cookies={"secure": False, "secret": None}),
-                     ["cookies.secure: must be true outside dev_mode", "cookies.secret: required"],
-                     id="two-cross-field-problems"),
-        pytest.param(config(cookies={"secret": "short-secret"}), ["cookies.secret: must be at least 32"],
-                     id="short-cookie-secret"),
-        pytest.param(config(listen={"port": -1}, upstream={"url": "ftp://app"}, extra=1),
-                     ["listen.port: ", "upstream.url: ", "extra: unknown key"], id="three-problems-at-once"),
-    ],
-)
+# Every config check-config refuses, with the start of each expected stderr line (after PREFIX).
+REFUSED = [
+    pytest.param(config(oidcc={"issuer": "x"}), ["oidcc: unknown key"], id="unknown-top-level-key"),
+    pytest.param(config(upstream={"urll": "http://x"}), ["upstream.urll: unknown key"],
+                 id="unknown-nested-key"),
+    pytest.param(config(rules=[{"path": "/a", "groupz": ["x"]}]), ["rules.0.groupz: unknown key"],
+                 id="unknown-key-in-a-rule"),
+    pytest.param(config(listen={"port": "eighty"}), ["listen.port: "], id="wrong-type-port"),
+    pytest.param(config(listen={"port": 70000}), ["listen.port: "], id="port-out-of-range"),
+    pytest.param(config(upstream="http://app:3000"), ["upstream: "], id="wrong-type-section"),
+    pytest.param(config(tokens={"accept_bearer": "maybe"}), ["tokens.accept_bearer: "],
+                 id="wrong-type-bool"),
+    pytest.param(config(rules=[{"path": "/a", "claims": {"role": 5, "dept": ["a", 1]}}]),
+                 ["rules.0.claims.role: must be a string", "rules.0.claims.dept: must be a string"],
+                 id="wrong-type-rule-claims"),
+    pytest.param(config(trusted_proxies=["10.0.0.0/8", "not-an-ip"]),
+                 ["trusted_proxies: 'not-an-ip' is not an address or network"], id="wrong-trusted-proxy"),
+    pytest.param(config(callback_url=None), ["callback_url: required key is missing"], id="missing-key"),
+    pytest.param(config(oidc={"client_id": None}), ["oidc.client_id: required key is missing"],
+                 id="missing-nested-key"),
+    pytest.param(config(cookies={"same_site": "none", "secure": False}),
+                 ["cookies.same_site: none requires secure: true",
+                  "cookies.secure: must be true outside dev_mode"], id="same-site-none-without-secure"),
+    pytest.param(config(dev_mode=True, cookies={"same_site": "none", "secure": False}),
+                 ["cookies.same_site: none requires secure: true"],
+                 id="same-site-none-without-secure-in-dev"),
+    pytest.param(config(oidc={"issuer": "http://idp.example.com"}),
+                 ["oidc.issuer: must be https outside dev_mode"], id="http-issuer-without-dev-mode"),
+    pytest.param(config(cookies={"secure": False, "secret": None}),
+                 ["cookies.secure: must be true outside dev_mode", "cookies.secret: required"],
+                 id="two-cross-field-problems"),
+    pytest.param(config(cookies={"secret": "short-secret"}), ["cookies.secret: must be at least 32"],
+                 id="short-cookie-secret"),
+    pytest.param(config(listen={"port": -1}, upstream={"url": "ftp://app"}, extra=1),
+                 ["listen.port: ", "upstream.url: ", "extra: unknown key"], id="three-problems-at-once"),
+    # Refused by check-config since the schema holds every start-up check (serve used to die on these).
+    pytest.param(config(cookies={"host_prefix": True}, csrf={"cookie_domain": "example.com"}),
+                 ["csrf.cookie_domain: cannot be set: the XSRF cookie is named '__Host-XSRF-TOKEN'"],
+                 id="host-prefix-with-xsrf-cookie-domain"),
+    pytest.param(config(cookies={"domain": "example.com"}, csrf={"cookie": "__Host-XSRF"}),
+                 ["csrf.cookie: '__Host-XSRF': __Host- forbids a Domain"], id="host-named-xsrf-with-domain"),
+    pytest.param(config(dev_mode=True, cookies={"secure": False}, csrf={"cookie": "__Secure-XSRF"}),
+                 ["csrf.cookie: '__Secure-XSRF' needs cookies.secure: true"],
+                 id="secure-named-xsrf-without-secure"),
+    pytest.param(config(app_url="https://b\u00fccher.example/"),
+                 ["app_url: 'https://b\u00fccher.example/' is not a URL the sidecar can use: write"],
+                 id="idn-app-url"),
+    pytest.param(config(callback_url="https://b\u00fccher.example/auth/callback"), ["callback_url: "],
+                 id="idn-callback-url"),
+    pytest.param(config(allowed_return_origins=["https://app.example.com", "https://b\u00fccher.example"]),
+                 ["allowed_return_origins.1: 'https://b\u00fccher.example' is not an origin"],
+                 id="idn-allowed-return-origin"),
+    pytest.param(config(cors={"allowed_origins": ["https://b\u00fccher.example"]}),
+                 ["cors.allowed_origins.0: "], id="idn-cors-origin"),
+    pytest.param(config(app_url="https://user@app.example.com/"), ["app_url: "], id="app-url-with-userinfo"),
+    pytest.param(config(app_url="https://app.example.com:99999/"), ["app_url: "], id="app-url-bad-port"),
+    pytest.param(config(me_alias="me"), ["me_alias: 'me' is not a plain path"], id="me-alias-not-a-path"),
+    pytest.param(config(me_alias="/auth/me"), ["me_alias: '/auth/me' is a route of the sidecar"],
+                 id="me-alias-shadowing-an-auth-route"),
+    pytest.param(config(me_alias="/me/{x"), ["me_alias: "], id="me-alias-unroutable"),
+    pytest.param(config(oidc={"passthrough_params": ["lang", "state"]}),
+                 ["oidc.passthrough_params: ['state'] are set by the sidecar itself"],
+                 id="passthrough-param-the-sidecar-sets"),
+    pytest.param(config(listen={"tls_cert": "/etc/tls/cert.pem"}), ["listen.tls_key: required when"],
+                 id="tls-cert-without-key"),
+    pytest.param(config(csrf={"exempt_paths": ["/hooks/**", "hooks"]}),
+                 ["csrf.exempt_paths.1: 'hooks' must start with '/'"], id="relative-exempt-path"),
+    pytest.param(config(cookies={"refresh_token_path": "auth"}), ["cookies.refresh_token_path: "],
+                 id="relative-refresh-token-path"),
+    pytest.param(config(logout={"redirect_url": "https://elsewhere.example.com/bye"}),
+                 ["logout.redirect_url: 'https://elsewhere.example.com/bye' is not on app_url's origin"],
+                 id="logout-redirect-to-another-origin"),
+    pytest.param(config(store={"backend": "redis"}), ["store.redis: required when backend is redis"],
+                 id="redis-store-without-redis"),
+    pytest.param(config(store={"backend": "redis", "redis": {"url": "redis://user:pw@cache:6379/0"}}),
+                 ["store.redis.url: put no credentials in the URL"], id="redis-credentials-in-url"),
+    pytest.param(config(store={"backend": "redis", "redis": {"url": "http://cache:6379"}}),
+                 ["store.redis.url: must be a redis:// or rediss:// URL"], id="redis-url-scheme"),
+    pytest.param(config(store={"backend": "valkey"}), ["store.backend: "], id="unknown-store-backend"),
+    # All problems in one round: a field error does not hide a cross-key error.
+    pytest.param(config(listen={"port": "eighty"}, cookies={"host_prefix": True},
+                        csrf={"cookie_domain": "example.com"}),
+                 ["listen.port: ", "csrf.cookie_domain: cannot be set"],
+                 id="field-and-cross-key-errors-at-once"),
+    pytest.param(config(cookies={"secret": "short-secret", "same_site": "none", "secure": False}),
+                 ["cookies.secret: must be at least 32", "cookies.same_site: none requires secure: true",
+                  "cookies.secure: must be true outside dev_mode"],
+                 id="field-and-cross-key-errors-in-one-section"),
+    pytest.param(config(app_url=None, logout={"redirect_url": "https://elsewhere.example.com/"},
+                        cookies={"secure": False}),
+                 ["app_url: required key is missing", "cookies.secure: must be true"],
+                 id="no-rule-speaks-about-a-missing-key"),
+    pytest.param(config(cookies={"secret": None, "secret_file": "/nonexistent/secret"}),
+                 ["cookies.secret_file: cannot read /nonexistent/secret"], id="unreadable-secret-file"),
+    pytest.param(config(oidc={"client_id": None, "client_id_file": "/nonexistent/id"},
+                        cookies={"same_site": "none", "secure": False}, dev_mode=True),
+                 ["oidc.client_id_file: cannot read /nonexistent/id", "cookies.same_site: none requires"],
+                 id="unreadable-file-and-cross-key-error-at-once"),
+]
+
+
+# Environment overrides check-config refuses (on top of a good file), with the expected line.
+REFUSED_OVERRIDES = [
+    pytest.param({"AUTHSIDECAR_OIDC__CLIENTID": "x"}, "oidc.clientid: unknown key", id="misspelt-key"),
+    pytest.param({"AUTHSIDECAR_LISTEN__PORT": "abc"}, "listen.port: ", id="wrong-type"),
+    pytest.param({"AUTHSIDECAR_COOKIES__SECRET_FILE": "/nonexistent/secret"},
+                 "cookies.secret_file: cannot read /nonexistent/secret", id="unreadable-secret-file"),
+    pytest.param({"AUTHSIDECAR_OIDC____CLIENT_ID": "x"},
+                 "AUTHSIDECAR_OIDC____CLIENT_ID: empty key segment",
+                 id="empty-segment"),
+]
+
+
+@pytest.mark.parametrize(("data", "expected"), REFUSED)
 def test_check_config_prints_one_line_per_problem_naming_its_key_and_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], data: dict[str, Any], expected: list[str]
 ) -> None:
@@ -186,6 +263,62 @@ def test_the_check_config_process_exits_2_with_one_stderr_line_and_no_traceback(
     assert len(done.stderr.splitlines()) == 1
     assert done.stderr.startswith(PREFIX + expected)
     assert "Traceback" not in done.stderr
+
+
+def run_both(path: Path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], ...]:
+    """``check-config`` and ``serve`` on the same file and environment, side by side."""
+    procs = [
+        subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "sidecar", command, "--config", str(path)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        for command in ("check-config", "serve")
+    ]
+    done = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                proc.wait()
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return tuple(done)
+
+
+@pytest.mark.parametrize(
+    ("data", "env", "expected"),
+    [
+        *[pytest.param(p.values[0], {}, p.values[1], id=p.id) for p in REFUSED],
+        *[pytest.param(config(), p.values[0], [p.values[1]], id=f"env-{p.id}") for p in REFUSED_OVERRIDES],
+        pytest.param("oidc: [unclosed\n", {}, ["config file "], id="malformed-yaml"),
+    ],
+)
+def test_serve_refuses_exactly_what_check_config_refuses_with_the_same_lines(
+    tmp_path: Path, data: dict[str, Any] | str, env: dict[str, str], expected: list[str]
+) -> None:
+    checked, served = run_both(write(tmp_path, data), clean_env(**env))
+
+    for done in (checked, served):
+        assert done.returncode == 2, done.stderr
+        assert done.stdout == ""
+        assert "Traceback" not in done.stderr
+    assert served.stderr == checked.stderr
+    lines = checked.stderr.splitlines()
+    assert len(lines) == len(expected), lines
+    for want in expected:
+        assert sum(line.startswith(PREFIX + want) for line in lines) == 1, (want, lines)
+
+
+def test_check_config_prints_warnings_on_stderr_and_still_exits_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, lines = check_config(capsys, write(tmp_path, config(public_paths=["/static/", "/health"])))
+
+    assert code == 0
+    assert lines == ["authsidecar: config warning: public_paths.0: '/static/' matches only that exact path; "
+                     "write '/static/**' for everything under it"]
+    assert json.loads(out)["public_paths"] == ["/static/", "/health"]
 
 
 def test_check_config_prints_the_effective_config_with_secrets_masked(
@@ -262,18 +395,7 @@ def test_ids_and_secrets_from_the_environment_are_taken_verbatim(tmp_path: Path,
     assert settings.oidc.client_secret.get_secret_value() == value
 
 
-@pytest.mark.parametrize(
-    ("env", "expected"),
-    [
-        pytest.param({"AUTHSIDECAR_OIDC__CLIENTID": "x"}, "oidc.clientid: unknown key", id="misspelt-key"),
-        pytest.param({"AUTHSIDECAR_LISTEN__PORT": "abc"}, "listen.port: ", id="wrong-type"),
-        pytest.param({"AUTHSIDECAR_COOKIES__SECRET_FILE": "/nonexistent/secret"},
-                     "cookies.secret_file: cannot read /nonexistent/secret", id="unreadable-secret-file"),
-        pytest.param({"AUTHSIDECAR_OIDC____CLIENT_ID": "x"},
-                     "AUTHSIDECAR_OIDC____CLIENT_ID: empty key segment",
-                     id="empty-segment"),
-    ],
-)
+@pytest.mark.parametrize(("env", "expected"), REFUSED_OVERRIDES)
 def test_a_bad_environment_override_is_one_line_naming_its_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
     env: dict[str, str], expected: str

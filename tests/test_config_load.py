@@ -1,0 +1,124 @@
+"""The loader (sidecar.config_load): *_file keys, every problem in one round, runtime defaults."""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from sidecar.config import Settings
+from sidecar.config_load import STAND_INS, parse_settings, with_runtime_defaults
+from sidecar.errors import ConfigError
+
+BASE: dict[str, Any] = {
+    "oidc": {"issuer": "https://idp.example.com", "client_id": "c"},
+    "callback_url": "https://app.example.com/auth/callback",
+    "app_url": "https://app.example.com/",
+    "cookies": {"secret": "s" * 40},
+}
+DEV: dict[str, Any] = {**BASE, "dev_mode": True, "cookies": {"secure": False}}
+
+
+def required_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        if field.is_required():
+            keys.append(prefix + name)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            keys += required_keys(field.annotation, f"{prefix}{name}.")
+        elif typing.get_origin(field.annotation) is tuple:
+            continue  # a key inside a list stands for the whole list, which has a default
+    return keys
+
+
+def test_every_required_key_has_a_stand_in_so_the_other_rules_still_run() -> None:
+    assert sorted(required_keys(Settings)) == sorted(STAND_INS)
+
+
+def test_stand_ins_are_valid_values() -> None:
+    data = {key: STAND_INS[key] for key in ("oidc", "callback_url", "app_url")}
+    data["dev_mode"] = True
+
+    parse_settings(data)
+
+
+@pytest.mark.parametrize(
+    ("key", "path"),
+    [
+        pytest.param(("oidc", "client_secret_file"), ("oidc", "client_secret"), id="section-key"),
+        pytest.param(("cookies", "secret_file"), ("cookies", "secret"), id="cookie-secret"),
+    ],
+)
+def test_a_file_key_becomes_the_value_with_its_trailing_newline_stripped(
+    tmp_path: Path, key: tuple[str, str], path: tuple[str, str]
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("from-a-file-0123456789abcdefghijklmnopqrstuvwxyz\r\n", encoding="utf-8")
+    data = {**BASE, key[0]: {**BASE.get(key[0], {}), key[1]: str(secret)}}
+    data[key[0]].pop(path[1], None)
+
+    settings = parse_settings(data)
+
+    value = getattr(getattr(settings, path[0]), path[1])
+    assert value.get_secret_value() == "from-a-file-0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def test_a_file_key_inside_a_rule_is_read_and_an_unreadable_one_named_with_its_index(tmp_path: Path) -> None:
+    good = tmp_path / "path"
+    good.write_text("/admin/**\n", encoding="utf-8")
+    data = {**BASE, "rules": [{"path_file": str(good)}, {"path_file": str(tmp_path / "missing")}]}
+
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(data)
+
+    assert list(caught.value.messages) == [
+        f"rules.1.path_file: cannot read {tmp_path / 'missing'}: No such file or directory"
+    ]
+    assert parse_settings({**BASE, "rules": [{"path_file": str(good)}]}).rules[0].path == "/admin/**"
+
+
+def test_an_unreadable_file_is_one_line_and_its_key_is_not_also_reported_missing() -> None:
+    data = {**BASE, "oidc": {"issuer": "https://idp.example.com", "client_id_file": "/nonexistent/id"}}
+
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(data)
+
+    assert list(caught.value.messages) == [
+        "oidc.client_id_file: cannot read /nonexistent/id: No such file or directory"
+    ]
+
+
+def test_with_every_field_broken_the_cross_key_rules_that_can_run_still_report() -> None:
+    data = {"oidc": "not-a-mapping", "listen": {"port": -1}, "cookies": {"secure": False}, "bogus": 1}
+
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(data)
+
+    assert sorted(m.split(":")[0] for m in caught.value.messages) == sorted([
+        "oidc", "listen.port", "bogus", "callback_url", "app_url", "cookies.secure", "cookies.secret",
+    ])
+
+
+# -- runtime defaults ------------------------------------------------------------------------------------
+
+
+def test_dev_mode_without_a_secret_runs_on_a_random_one_per_call() -> None:
+    settings = parse_settings(DEV)
+    assert settings.cookies.secret is None
+
+    first, second = with_runtime_defaults(settings), with_runtime_defaults(settings)
+
+    assert first.cookies.secret is not None
+    assert second.cookies.secret is not None
+    assert len(first.cookies.secret.get_secret_value()) >= 64
+    assert first.cookies.secret.get_secret_value() != second.cookies.secret.get_secret_value()
+    assert first.model_copy(update={"cookies": settings.cookies}) == settings
+
+
+def test_a_configured_secret_is_kept() -> None:
+    settings = parse_settings({**DEV, "cookies": {"secure": False, "secret": "k" * 40}})
+
+    assert with_runtime_defaults(settings) is settings
