@@ -12,14 +12,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from sidecar.oidc.provider import ProviderLink
+from sidecar.store.watch import StoreWatch
 
 
 class Health:
     """Readiness of one sidecar process: the provider's keys loaded, and not shutting down."""
 
-    def __init__(self, provider: ProviderLink, registry: CollectorRegistry) -> None:
+    def __init__(self, provider: ProviderLink, registry: CollectorRegistry,
+                 store: StoreWatch | None = None) -> None:
         self.provider = provider
         self.registry = registry
+        self.store = store
         # Set once SIGTERM arrived: readiness fails so the load balancer stops sending traffic.
         self.closing = False
 
@@ -29,6 +32,9 @@ class Health:
             return "shutting_down"
         if not self.provider.ready:
             return "keys_not_loaded"
+        if self.store is not None and not self.store.answered_once:
+            # At start only: a shared store lost later is survived without taking the replica out.
+            return "store_unavailable"
         return None
 
 

@@ -7,9 +7,12 @@ refreshes, the login transactions' replay memory) is born and closed in one ``cl
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -45,7 +48,7 @@ from sidecar.store.host import HostStoreClient
 from sidecar.store.memory import MemoryStore
 from sidecar.store.redis import RedisStore
 from sidecar.store.sealed import Sealer
-from sidecar.store.watch import StoreWatch
+from sidecar.store.watch import StoreWatch, keep_watching
 
 LOGIN_PATH = "/auth/login"
 # Request lines and header fields up to 64 KiB: a chunked ID token of a user in many groups makes
@@ -89,7 +92,6 @@ def create_app(
     provider = ProviderLink(settings.oidc, metrics=metrics, clock=clock, log=log,
                             cache_size=settings.tokens.validation_cache_size, keep_claims=keep)
     forwarder = Forwarder(settings.upstream, metrics)
-    health = Health(provider, metrics.registry)
 
     origin = public_origin(settings)
     secret = _cookie_secret(settings)
@@ -99,7 +101,9 @@ def create_app(
     csrf = CsrfTokens(derive_key(secret, b"authsidecar/csrf-key/v1"))
     store = CookieStore(policy, csrf, cookies, clock, settings.cookies.refresh_token_max_age)
     shared = shared_store(settings, host_store)
-    watch = StoreWatch(shared.kind, getattr(shared, "where", "localhost"), metrics, log)
+    watch = StoreWatch(shared.kind, getattr(shared, "where", "localhost"), metrics, log,
+                       answered_yet=not isinstance(shared, RedisStore))
+    health = Health(provider, metrics.registry, store=watch)
     flight = RefreshFlight(
         clock, shared if shared.kind != "memory" else None, Sealer(secret), watch=watch,
         coordination=metrics.refresh_coordination, wait=settings.oidc.timeout + 5.0,
@@ -152,6 +156,8 @@ def create_app(
         _resource(None, transactions.close),
         _resource(None, shared.close),
     ])
+    if isinstance(shared, RedisStore):
+        app.cleanup_ctx.append(_background(lambda: keep_watching(shared.ping, watch)))
 
     async def flush(_app: web.Application) -> None:
         flush_logs(log)
@@ -178,6 +184,21 @@ def shared_store(settings: Settings, host_store: str | None) -> SharedStore:
     if host_store:
         return HostStoreClient(host_store)
     return MemoryStore()
+
+
+def _background(
+    run: Callable[[], Coroutine[Any, Any, None]],
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A ``cleanup_ctx`` entry for a task that runs as long as the app."""
+
+    async def lifetime(_app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(run(), name="store-watch")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return lifetime
 
 
 def _resource(

@@ -33,13 +33,8 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(timeout=10)
 
-    def restart(self) -> None:
-        """Start it again on the same port (after :meth:`stop`)."""
-        self.process = _spawn(self.port, Path(self.process.args[2]))  # type: ignore[index]
-        _wait_listening(self.port, self.process)
 
-
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -66,13 +61,17 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    if not Path(REDIS_SERVER).exists():
-        pytest.fail("redis-server is missing: `apt-get install redis-server` (scripts/test.sh does)")
-    port = _free_port()
-    process = _spawn(port, tmp_path_factory.mktemp("redis"))
-    server = RedisServer(port, process)
+    server = start_redis(tmp_path_factory.mktemp("redis"), free_port())
     try:
-        _wait_listening(port, process)
         yield server
     finally:
         server.stop()
+
+
+def start_redis(workdir: Path, port: int) -> RedisServer:
+    """A redis-server of a test's own on ``port`` (stop it with :meth:`RedisServer.stop`)."""
+    if not Path(REDIS_SERVER).exists():
+        pytest.fail("redis-server is missing: `apt-get install redis-server` (scripts/test.sh does)")
+    process = _spawn(port, workdir)
+    _wait_listening(port, process)
+    return RedisServer(port, process)

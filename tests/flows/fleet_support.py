@@ -37,10 +37,19 @@ class Replica:
     port: int
     admin_port: int
     process: asyncio.subprocess.Process
+    # Where its log lines (stdout, JSON) go.
+    log_path: Path
 
     @property
     def base(self) -> str:
         return f"http://{HOST}:{self.port}"
+
+    @property
+    def admin(self) -> str:
+        return f"http://{HOST}:{self.admin_port}"
+
+    def log_events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.startswith("{")]
 
 
 @dataclass
@@ -61,7 +70,7 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-async def _ready(admin: str) -> None:
+async def ready(admin: str) -> None:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5)) as session:
         for _ in range(150):
             try:
@@ -82,7 +91,8 @@ async def make_fleet(tmp_path: Path) -> AsyncIterator[FleetFactory]:
     async with AsyncExitStack() as exits:
 
         async def start(*, replicas: int = 1, workers: int = 2, store: dict[str, Any] | None = None,
-                        provider: dict[str, Any] | None = None) -> Fleet:
+                        provider: dict[str, Any] | None = None, wait_ready: bool = True,
+                        log_level: str = "warning") -> Fleet:
             ports = [(unused_port(), unused_port()) for _ in range(replicas)]
             public = f"http://{HOST}:{ports[0][0]}"
             dev = DevProvider(ProviderConfig(redirect_uris=(f"{public}/auth/callback",),
@@ -107,23 +117,25 @@ async def make_fleet(tmp_path: Path) -> AsyncIterator[FleetFactory]:
                 "cookies": {"secure": False, "secret": SECRET},
                 "upstream": {"url": upstream},
                 "store": store or {"backend": "memory"},
-                "logging": {"level": "warning"},
+                "logging": {"level": log_level},
                 "workers": workers,
             }))
             started = []
-            for port, admin in ports:
+            for index, (port, admin) in enumerate(ports):
+                log_path = tmp_path / f"replica-{index}.log"
+                log_file = exits.enter_context(log_path.open("wb"))
                 proc = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "sidecar", "serve", "--config", str(config),
-                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+                    stdout=log_file, stderr=asyncio.subprocess.PIPE,
                     env=_env(AUTHSIDECAR_LISTEN__HOST=HOST, AUTHSIDECAR_LISTEN__PORT=str(port),
                              AUTHSIDECAR_ADMIN__HOST=HOST, AUTHSIDECAR_ADMIN__PORT=str(admin),
                              AUTHSIDECAR_LISTEN__SHUTDOWN_GRACE="1"),
                 )
-                replica = Replica(port, admin, proc)
+                replica = Replica(port, admin, proc, log_path)
                 exits.push_async_callback(_stop, replica)
                 started.append(replica)
-            for replica in started:
-                await _ready(f"http://{HOST}:{replica.admin_port}")
+            for replica in started if wait_ready else ():
+                await ready(replica.admin)
             return Fleet(dev, upstream, config, started)
 
         yield start
