@@ -19,7 +19,8 @@ from aiohttp.test_utils import unused_port
 from yarl import URL
 
 from sidecar.dev.provider import DevProvider, ProviderConfig, start_provider
-from tests.flows.conftest import PASSWORDS, FakeClock, read_form
+from tests.conftest import FakeClock
+from tests.flows.conftest import PASSWORDS, read_form
 from tests.flows.test_core_config_cli import (
     clean_env,
     echo_upstream,  # noqa: F401 - fixture
@@ -42,7 +43,7 @@ def ports() -> tuple[int, int]:
 async def provider(ports: tuple[int, int]) -> AsyncIterator[DevProvider]:
     base = f"http://127.0.0.1:{ports[0]}"
     dev = DevProvider(ProviderConfig(redirect_uris=(f"{base}/auth/callback",), logout_uris=(f"{base}/",)),
-                      FakeClock())
+                      FakeClock.from_wall_clock())
     runner, _issuer = await start_provider(dev)
     try:
         yield dev
