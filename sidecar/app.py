@@ -25,7 +25,9 @@ from sidecar.auth.csrf import CsrfTokens, OriginPolicy
 from sidecar.auth.refresh import RefreshFlight
 from sidecar.auth.return_to import ReturnToPolicy
 from sidecar.auth.routes import AuthRoutes
-from sidecar.auth.session import CookieCache, CookieStore
+from sidecar.auth.server_session import CHANNEL as SESSIONS_CHANNEL
+from sidecar.auth.server_session import ServerStore
+from sidecar.auth.session import CookieCache, CookieStore, HeaderBudget, SessionStore
 from sidecar.auth.transaction import TransactionStore, derive_key
 from sidecar.config import Settings
 from sidecar.identity import Clock
@@ -99,11 +101,21 @@ def create_app(
     # One cache of parsed Cookie headers for the session store and the app-bound Cookie header.
     cookies = CookieCache(policy.names.pattern.match)
     csrf = CsrfTokens(derive_key(secret, b"authsidecar/csrf-key/v1"))
-    store = CookieStore(policy, csrf, cookies, clock, settings.cookies.refresh_token_max_age)
     shared = shared_store(settings, host_store)
     watch = StoreWatch(shared.kind, getattr(shared, "where", "localhost"), metrics, log,
                        answered_yet=not isinstance(shared, RedisStore))
     health = Health(provider, metrics.registry, store=watch)
+    store: SessionStore
+    server_store = None
+    if settings.sessions.mode == "server" and isinstance(shared, RedisStore):
+        store = server_store = ServerStore(
+            shared, Sealer(secret, b"authsidecar/sessions/v1"), policy, csrf, cookies,
+            lifetime=settings.cookies.refresh_token_max_age, cache_seconds=settings.sessions.cache_seconds,
+            watch=watch,
+        )
+    else:
+        budget = HeaderBudget(settings.cookies.max_header_bytes, metrics.session_cookie_bytes, log)
+        store = CookieStore(policy, csrf, cookies, clock, settings.cookies.refresh_token_max_age, budget)
     flight = RefreshFlight(
         clock, shared if shared.kind != "memory" else None, Sealer(secret), watch=watch,
         coordination=metrics.refresh_coordination, wait=settings.oidc.timeout + 5.0,
@@ -157,7 +169,13 @@ def create_app(
         _resource(None, shared.close),
     ])
     if isinstance(shared, RedisStore):
-        app.cleanup_ctx.append(_background(lambda: keep_watching(shared.ping, watch)))
+        redis = shared
+        app.cleanup_ctx.append(_background(lambda: keep_watching(redis.ping, watch)))
+        if server_store is not None:
+            # Saves and clears on other processes drop this process's copy of that session.
+            invalidate = server_store.invalidate
+            app.cleanup_ctx.append(_background(lambda: redis.listen(
+                SESSIONS_CHANNEL, invalidate, on_failure=watch.failed, on_answer=watch.answered)))
 
     async def flush(_app: web.Application) -> None:
         flush_logs(log)

@@ -144,6 +144,9 @@ class CookieSettings(Section):
     access_token_max_age: int = Field(3600, ge=60)
     refresh_token_max_age: int = Field(30 * 24 * 3600, ge=60)
     transaction_max_age: int = Field(600, ge=30)
+    # Token-cookie mode: a login whose cookies exceed this many bytes (names and values) logs a
+    # warning pointing to server sessions. API Gateway refuses request heads over 10,240 bytes.
+    max_header_bytes: int = Field(8192, ge=1024)
 
     @field_validator("secret")
     @classmethod
@@ -289,6 +292,16 @@ class RedisSettings(Section):
         return v
 
 
+class SessionSettings(Section):
+    # cookie: the tokens live in the browser's cookies (default, nothing on the server).
+    # server: the browser holds one opaque session id; the tokens live sealed in Redis. For users
+    # in many groups behind API Gateway (10,240 bytes of request line and headers at most).
+    mode: Literal["cookie", "server"] = "cookie"
+    # Seconds a process serves a server session from its own memory before asking Redis again
+    # (a change on another replica reaches it sooner, by pub/sub).
+    cache_seconds: float = Field(5.0, ge=0, le=5)
+
+
 class StoreSettings(Section):
     # memory: one process (workers of one host share through the supervisor); redis: every replica.
     backend: Literal["memory", "redis"] = "memory"
@@ -349,6 +362,7 @@ class Settings(Section):
     me_alias: str | None = None
     # What the processes and replicas share: refresh single-flight, spent login states.
     store: StoreSettings = StoreSettings()
+    sessions: SessionSettings = SessionSettings()
     logging: LoggingSettings = LoggingSettings()
     # Processes sharing the ports (SO_REUSEPORT); `serve --workers N` overrides.
     workers: int = Field(1, ge=1, le=64)

@@ -128,6 +128,12 @@ def _host_prefix(s: Settings) -> Iterator[Problem]:
         yield "cookies.host_prefix", "cannot be combined with cookies.domain (__Host- forbids a Domain)"
 
 
+@_reads("sessions.mode", "store.backend")
+def _server_sessions_need_redis(s: Settings) -> Iterator[Problem]:
+    if s.sessions.mode == "server" and s.store.backend != "redis":
+        yield "sessions.mode", "server needs store.backend: redis (every replica must see each session)"
+
+
 def xsrf_cookie_name(s: Settings) -> str:
     """The XSRF cookie's name as the cookie policy builds it (``__Host-`` added with host_prefix)."""
     name = s.csrf.cookie

@@ -100,6 +100,11 @@ class Metrics:
             p + "store_errors_total", "Shared-store operations that failed, by store (memory, host, redis).",
             ["store"], registry=registry,
         )
+        self.session_cookie_bytes = Histogram(
+            p + "session_cookie_bytes",
+            "Bytes of the cookies one login or refresh sets (token-cookie mode): what browsers send back.",
+            buckets=(1024, 2048, 4096, 6144, 8192, 10240, 16384, 32768), registry=registry,
+        )
         self.refresh_coordination = Counter(
             p + "refresh_coordination_total",
             "Refreshes by role across processes: led (made the token request), joined (took another "

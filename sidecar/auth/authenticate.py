@@ -29,7 +29,7 @@ from aiohttp import web
 
 from sidecar.auth.csrf import CsrfTokens, OriginPolicy, is_websocket_upgrade
 from sidecar.auth.refresh import RefreshFlight
-from sidecar.auth.session import ApplyToResponse, CookieStore, Session, Tokens
+from sidecar.auth.session import ApplyToResponse, Session, SessionStore, Tokens
 from sidecar.errors import CsrfRejected, ProviderError, RefreshFailed, TokenRejected
 from sidecar.identity import Identity
 from sidecar.keys import RESPONSE_HOOKS
@@ -61,7 +61,7 @@ class Authenticator:
         self,
         *,
         provider: ProviderLink,
-        store: CookieStore,
+        store: SessionStore,
         csrf: CsrfTokens,
         origins: OriginPolicy,
         csrf_header: str,
@@ -93,7 +93,7 @@ class Authenticator:
 
     async def authenticate(self, request: web.Request) -> Caller:
         """The caller, or an :class:`~sidecar.errors.AuthRejected` / ``ProviderError`` saying why not."""
-        session = self.store.load_now(request)
+        session = await self.store.load(request)
         token, source = self._credentials(request, session)
         try:
             if token is None:
@@ -138,7 +138,7 @@ class Authenticator:
         A valid token still identifies the caller, a cookie only past the forgery checks (else a
         cross-site form would post as the user). None for an anonymous caller.
         """
-        session = self.store.load_now(request)
+        session = await self.store.load(request)
         token, source = self._credentials(request, session)
         if token is None or len(token) > MAX_TOKEN or not token.isascii():
             return None

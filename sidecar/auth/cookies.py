@@ -30,11 +30,13 @@ from aiohttp._cookie_helpers import parse_cookie_header as _aiohttp_parse_cookie
 
 from sidecar.config import CookieSettings, CsrfSettings
 
-CookieKind = Literal["access", "id", "refresh", "xsrf", "tx"]
+CookieKind = Literal["access", "id", "refresh", "xsrf", "tx", "session"]
 
 HOST_PREFIX = "__Host-"
 SECURE_PREFIX = "__Secure-"
 TRANSACTION_COOKIE = "authsidecar_tx"
+# Server sessions: the opaque session id (sidecar.auth.server_session).
+SESSION_COOKIE = "authsidecar_session"
 # name + "=" + value of one chunk. 296 bytes are left for "; Path=…; Max-Age=…; Secure; …".
 CHUNK_LIMIT = 3800
 MAX_CHUNKS = 10
@@ -43,6 +45,7 @@ EXPIRED = "Thu, 01 Jan 1970 00:00:00 GMT"
 
 _BASE_NAMES = {
     "access": "access_token", "id": "id_token", "refresh": "refresh_token", "tx": TRANSACTION_COOKIE,
+    "session": SESSION_COOKIE,
 }
 _SAMESITE = {"lax": "Lax", "strict": "Strict", "none": "None"}
 
@@ -79,11 +82,12 @@ class CookieNames:
     refresh_token: str
     xsrf: str
     transaction: str
+    session: str
     _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         bases = sorted({_strip_prefix(n) for n in (self.access_token, self.id_token, self.refresh_token,
-                                                    self.xsrf, self.transaction)})
+                                                    self.xsrf, self.transaction, self.session)})
         alternatives = "|".join(re.escape(b) for b in bases)
         # Any prefix, any chunk index, any case: for stripping them before the request goes upstream.
         pattern = re.compile(rf"\A(?:__host-|__secure-)?(?:{alternatives})(?:\.[0-9]+)?\Z", re.IGNORECASE)
@@ -102,11 +106,12 @@ class CookieNames:
             refresh_token=named(_BASE_NAMES["refresh"], cookies.refresh_token_path),
             xsrf=named(csrf.cookie),
             transaction=named(TRANSACTION_COOKIE),
+            session=named(SESSION_COOKIE),
         )
 
     def of(self, kind: CookieKind) -> str:
         return {"access": self.access_token, "id": self.id_token, "refresh": self.refresh_token,
-                "xsrf": self.xsrf, "tx": self.transaction}[kind]
+                "xsrf": self.xsrf, "tx": self.transaction, "session": self.session}[kind]
 
     @property
     def pattern(self) -> re.Pattern[str]:
@@ -125,7 +130,7 @@ class CookiePolicy:
         self.names = CookieNames.build(cookies, csrf)
         same_site = _SAMESITE[cookies.same_site]
         paths: dict[CookieKind, str] = {"access": "/", "id": "/", "refresh": cookies.refresh_token_path,
-                                        "xsrf": "/", "tx": "/"}
+                                        "xsrf": "/", "tx": "/", "session": "/"}
         self._max_age: dict[CookieKind, int] = {
             "access": cookies.access_token_max_age,
             # The ID token cookie is the session's signed record of who is logged in (sidecar.auth.session):
@@ -135,6 +140,8 @@ class CookiePolicy:
             "refresh": cookies.refresh_token_max_age,
             # The CSRF token lives as long as the session it protects.
             "xsrf": cookies.refresh_token_max_age,
+            # The server session lives as long as the refresh token it holds.
+            "session": cookies.refresh_token_max_age,
             "tx": cookies.transaction_max_age,
         }
         self._base: dict[CookieKind, CookieAttrs] = {}

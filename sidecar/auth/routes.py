@@ -17,7 +17,7 @@ from aiohttp import web
 from sidecar.auth import pkce
 from sidecar.auth.authenticate import Authenticator
 from sidecar.auth.return_to import ReturnToPolicy
-from sidecar.auth.session import CookieStore, Tokens
+from sidecar.auth.session import SessionStore, Tokens
 from sidecar.auth.transaction import Transaction, TransactionStore
 from sidecar.config import Settings
 from sidecar.errors import FlowRejected, ProviderError, TokenRejected
@@ -57,7 +57,7 @@ def identity_json(identity: Identity) -> dict[str, Any]:
 
 
 class AuthRoutes:
-    def __init__(self, *, settings: Settings, authenticator: Authenticator, store: CookieStore,
+    def __init__(self, *, settings: Settings, authenticator: Authenticator, store: SessionStore,
                  transactions: TransactionStore, return_to: ReturnToPolicy, metrics: Metrics,
                  log: Logger, clock: Clock) -> None:
         self.settings = settings
@@ -176,7 +176,7 @@ class AuthRoutes:
             raise FlowRejected("subject_mismatch")
         apply = await self.store.save(request, Tokens(
             access_token=tokens.access_token, access_exp=identity.expires_at, sub=identity.sub,
-            id_token=tokens.id_token, refresh_token=tokens.refresh_token,
+            id_token=tokens.id_token, refresh_token=tokens.refresh_token, fresh_login=True,
         ))
         apply(response)
         response.headers["Location"] = tx["return_to"]

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.cookies import Morsel
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import hdrs, web
 
@@ -63,6 +63,8 @@ class Tokens:
     id_token: str | None = None
     # None: the provider did not rotate it, keep the one the session has.
     refresh_token: str | None = None
+    # A login (not a refresh): a server-side store starts a new session id (no fixation).
+    fresh_login: bool = False
 
 
 # Puts a store's answer on a response: Set-Cookie headers, added directly to the headers so it also
@@ -150,15 +152,21 @@ def _usable(value: str | None) -> str | None:
 
 
 class CookieStore:
-    """The session in the browser's cookies: nothing kept on the server."""
+    """The session in the browser's cookies: nothing kept on the server.
+
+    ``budget``: a login whose cookies exceed ``budget.limit`` bytes is logged once, pointing to
+    server sessions (API Gateway refuses request heads over 10,240 bytes), and every save's
+    cookie bytes are observed (``authsidecar_session_cookie_bytes``).
+    """
 
     def __init__(self, policy: CookiePolicy, csrf: CsrfTokens, cookies: CookieCache, clock: Clock,
-                 session_max_age: int) -> None:
+                 session_max_age: int, budget: HeaderBudget | None = None) -> None:
         self.policy = policy
         self.csrf = csrf
         self.cookies = cookies
         self.clock = clock
         self.session_max_age = session_max_age
+        self.budget = budget
         self._names = {kind: policy.name(kind) for kind in ("access", "id", "refresh", "xsrf")}
 
     def _build(self, pairs: Mapping[str, str]) -> Session:
@@ -173,10 +181,6 @@ class CookieStore:
         )
 
     async def load(self, request: web.Request) -> Session:
-        return self.cookies.session(request, self._build)
-
-    def load_now(self, request: web.Request) -> Session:
-        """:meth:`load` without the await: the cookie store never waits."""
         return self.cookies.session(request, self._build)
 
     async def save(self, request: web.Request, tokens: Tokens) -> ApplyToResponse:
@@ -196,7 +200,9 @@ class CookieStore:
             self._put(staged, present, "refresh", tokens.refresh_token, remaining=None)
         if held_xsrf is None or self.csrf.verify(held_xsrf, held_xsrf, tokens.sub) is not None:
             staged.set_cookie(self._names["xsrf"], self.csrf.issue(tokens.sub), **self.policy.attrs("xsrf"))
-        return _applier(staged)
+        if self.budget is not None:
+            self.budget.record(staged, login=tokens.fresh_login)
+        return applier(staged)
 
     async def clear(self, request: web.Request) -> ApplyToResponse:
         """Expire every sidecar cookie the browser sent, with the attributes it was set with."""
@@ -208,7 +214,7 @@ class CookieStore:
             # Always clear the plain name too: the request may not have carried a Path=/auth cookie.
             for old in dict.fromkeys([name, *stale]):
                 staged.set_cookie(old, "", **self.policy.clear_attrs(kind))
-        return _applier(staged)
+        return applier(staged)
 
     def _put(self, staged: web.StreamResponse, present: Mapping[str, str], kind: CookieKind,
              value: str, *, remaining: float | None) -> None:
@@ -221,7 +227,27 @@ class CookieStore:
             staged.set_cookie(old, "", **self.policy.clear_attrs(kind))
 
 
-def _applier(staged: web.StreamResponse) -> ApplyToResponse:
+class HeaderBudget:
+    """What a browser will send back: the bytes of the cookies one save sets (name=value)."""
+
+    def __init__(self, limit: int, histogram: Any, log: Any) -> None:
+        self.limit = limit
+        self._histogram = histogram
+        self._log = log
+
+    def record(self, staged: web.StreamResponse, *, login: bool) -> None:
+        sent = sum(len(m.key) + 1 + len(m.coded_value) for m in staged.cookies.values() if m.value)
+        # What the browser's Cookie header will carry: the pairs and their "; " separators.
+        size = sent + 2 * max(0, len(staged.cookies) - 1)
+        self._histogram.observe(size)
+        if login and size > self.limit:
+            self._log.warning("session_cookies_large", bytes=size, limit=self.limit,
+                              detail="request heads this large are refused by API Gateway "
+                                     "(10,240 bytes); consider sessions.mode: server")
+
+
+def applier(staged: web.StreamResponse) -> ApplyToResponse:
+    """What ``staged``'s cookies become on another response: its ``Set-Cookie`` lines, added."""
     lines = [morsel.OutputString() for morsel in staged.cookies.values()]
 
     def apply(response: web.StreamResponse) -> None:

@@ -31,6 +31,7 @@ from sidecar.errors import (
 from sidecar.keys import IDENTITY, REQUEST_ID, RESPONSE_HOOKS, ROUTE_CLASS, UPSTREAM_SECONDS
 from sidecar.observability import AccessLog, Logger, Metrics
 from sidecar.proxy.cors import CorsPolicy
+from sidecar.store.base import StoreUnavailable
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -90,6 +91,12 @@ class ErrorMapper:
             )
         if isinstance(exc, UpstreamError):
             return _json(exc.status, "upstream_unavailable", exc.kind)
+        if isinstance(exc, StoreUnavailable):
+            # Server sessions with Redis unreachable: try again shortly. Never a 401 (a login loop)
+            # and never a cleared session: the session is intact in Redis.
+            resp = _json(503, "session_store_unavailable", exc.reason)
+            resp.headers["Retry-After"] = "1"
+            return resp
         return _json(500, "internal_error", "unexpected")
 
     @staticmethod

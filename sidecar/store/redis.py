@@ -8,6 +8,8 @@ one client with one pool serves every operation. Every failure becomes :class:`S
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 import ssl
 from collections.abc import Awaitable, Callable
@@ -100,6 +102,35 @@ class RedisStore:
         if not await self.add(key, fence, ttl):
             return None
         return RedisLease(self, self._key(key), fence, ttl)
+
+    async def publish(self, channel: str, message: str) -> None:
+        await self._call(lambda r: r.publish(self._key(channel), message))
+
+    async def listen(self, channel: str, on_message: Callable[[str], None], *,
+                     on_failure: Callable[[str], None], on_answer: Callable[[], None],
+                     retry: float = 1.0, max_retry: float = 30.0) -> None:
+        """Call ``on_message`` for every message on ``channel`` until cancelled; reconnect with
+        backoff when the connection is lost (what was missed meanwhile, the callers' short cache
+        lifetime covers)."""
+        delay = retry
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._key(channel))
+                on_answer()
+                delay = retry
+                while True:
+                    # Below the socket timeout: an idle channel is not a failure.
+                    message = await pubsub.get_message(timeout=0.25)
+                    if message is not None and isinstance(message.get("data"), bytes):
+                        on_message(message["data"].decode("ascii", "replace"))
+            except (RedisError, OSError) as exc:
+                on_failure(type(exc).__name__)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_retry)
 
     async def close(self) -> None:
         await self._redis.aclose(close_connection_pool=True)

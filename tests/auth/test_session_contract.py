@@ -7,6 +7,8 @@ never raises. A new store (server-side sessions) joins the ``STORES`` table and 
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
@@ -16,26 +18,47 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
 
 from sidecar.auth.cookies import CookiePolicy
 from sidecar.auth.csrf import CsrfTokens
+from sidecar.auth.server_session import ServerStore
 from sidecar.auth.session import CookieCache, CookieStore, SessionStore, Tokens
-from sidecar.config import CookieSettings, CsrfSettings
+from sidecar.config import CookieSettings, CsrfSettings, RedisSettings
+from sidecar.observability import Metrics, make_logger
+from sidecar.store.redis import RedisStore
+from sidecar.store.sealed import Sealer
+from sidecar.store.watch import StoreWatch
 from tests.conftest import FakeClock
+from tests.redis_server import RedisServer
 
 SECRET = b"s" * 32
 EMPTY = {"access_token": None, "id_token": None, "refresh_token": None, "xsrf": None}
 APPLY: web.RequestKey[Callable[[web.StreamResponse], None]] = web.RequestKey("apply")
 
 
-def cookie_store(clock: FakeClock) -> SessionStore:
-    policy = CookiePolicy(CookieSettings(secure=False), CsrfSettings())
-    return CookieStore(policy, CsrfTokens(SECRET), CookieCache(policy.names.pattern.match), clock,
+POLICY = CookiePolicy(CookieSettings(secure=False), CsrfSettings())
+_prefixes = itertools.count()
+
+
+def cookie_store(clock: FakeClock, _request: pytest.FixtureRequest) -> SessionStore:
+    return CookieStore(POLICY, CsrfTokens(SECRET), CookieCache(POLICY.names.pattern.match), clock,
                        session_max_age=3600)
 
 
+def server_store(_clock: FakeClock, request: pytest.FixtureRequest) -> SessionStore:
+    """Server sessions on a real redis-server, under a key prefix of the test's own."""
+    redis_server: RedisServer = request.getfixturevalue("redis_server")
+    redis = RedisStore(RedisSettings(url=redis_server.url, key_prefix=f"contract{next(_prefixes)}:"))
+    watch = StoreWatch("redis", "127.0.0.1", Metrics(CollectorRegistry()), make_logger(stream=io.StringIO()))
+    return ServerStore(redis, Sealer(SECRET), POLICY, CsrfTokens(SECRET),
+                       CookieCache(POLICY.names.pattern.match), lifetime=3600, cache_seconds=5, watch=watch)
+
+
 Browser = Callable[[], TestClient[Any, Any]]
-STORES: dict[str, Callable[[FakeClock], SessionStore]] = {"cookie": cookie_store}
+STORES: dict[str, Callable[[FakeClock, pytest.FixtureRequest], SessionStore]] = {
+    "cookie": cookie_store, "server": server_store,
+}
 
 
 def app_for(store: SessionStore, clock: FakeClock) -> web.Application:
@@ -82,7 +105,7 @@ def app_for(store: SessionStore, clock: FakeClock) -> web.Application:
 @pytest.fixture(params=sorted(STORES))
 async def browser(request: pytest.FixtureRequest) -> AsyncIterator[Browser]:
     clock = FakeClock()
-    store = STORES[request.param](clock)
+    store = STORES[request.param](clock, request)
     server = TestServer(app_for(store, clock), host="127.0.0.1")
     await server.start_server()
     clients: list[TestClient[Any, Any]] = []
@@ -96,6 +119,8 @@ async def browser(request: pytest.FixtureRequest) -> AsyncIterator[Browser]:
     for client in clients:
         await client.close()
     await server.close()
+    if isinstance(store, ServerStore):
+        await store.redis.close()
 
 
 async def load(client: TestClient[Any, Any]) -> dict[str, Any]:

@@ -168,6 +168,8 @@ REFUSED = [
     pytest.param(config(store={"backend": "redis", "redis": {"url": "http://cache:6379"}}),
                  ["store.redis.url: must be a redis:// or rediss:// URL"], id="redis-url-scheme"),
     pytest.param(config(store={"backend": "valkey"}), ["store.backend: "], id="unknown-store-backend"),
+    pytest.param(config(sessions={"mode": "server"}), ["sessions.mode: server needs store.backend: redis"],
+                 id="server-sessions-without-redis"),
     # All problems in one round: a field error does not hide a cross-key error.
     pytest.param(config(listen={"port": "eighty"}, cookies={"host_prefix": True},
                         csrf={"cookie_domain": "example.com"}),

@@ -1,0 +1,170 @@
+"""Server-side sessions (``sessions.mode: server``): the browser holds one opaque id, Redis the tokens.
+
+The session cookie is 256 random bits (43 base64url characters, HttpOnly, under 100 bytes with its
+name), so a request head stays small whatever the user's groups: API Gateway refuses more than
+10,240 bytes of request line and headers. Redis holds the tokens under the SHA-256 digest of the id
+(a Redis dump gives no usable cookie), sealed with AES-256-GCM under a key derived from
+``cookies.secret`` (nor any token), with the refresh token's lifetime.
+
+The hot path never waits on Redis for a warm request: each process keeps a session it read for
+``sessions.cache_seconds`` (≤ 5 s), and every save or clear is published, so the other processes
+drop their copy at once. A login always starts a new session id (no fixation); a refresh updates
+the session in place under the same id. A forged, truncated or unknown id is no session (a 401,
+never a 500); when Redis does not answer and the session is not in memory, the request gets a 503
+``session_store_unavailable`` — never a login loop, and nothing is cleared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from sidecar.auth import cookies as ck
+from sidecar.auth.cookies import CookieKind, CookiePolicy
+from sidecar.auth.csrf import CsrfTokens
+from sidecar.auth.session import ApplyToResponse, CookieCache, Session, Tokens, applier
+from sidecar.store.base import StoreUnavailable
+from sidecar.store.redis import RedisStore
+from sidecar.store.sealed import Sealer
+from sidecar.store.watch import StoreWatch
+
+# secrets.token_urlsafe(32): 43 characters of the base64url alphabet, no padding.
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")
+CHANNEL = "sessions"
+_CACHE_MAX = 10_000
+
+
+class ServerStore:
+    """A :class:`~sidecar.auth.session.SessionStore` on Redis; the browser holds the id only."""
+
+    def __init__(self, redis: RedisStore, sealer: Sealer, policy: CookiePolicy, csrf: CsrfTokens,
+                 cookies: CookieCache, *, lifetime: int, cache_seconds: float, watch: StoreWatch,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.redis = redis
+        self.sealer = sealer
+        self.policy = policy
+        self.csrf = csrf
+        self.cookies = cookies
+        self.lifetime = lifetime
+        self.cache_seconds = cache_seconds
+        self._monotonic = monotonic
+        self._watch = watch
+        self._name = policy.name("session")
+        self._xsrf = policy.name("xsrf")
+        # Redis key -> (served from memory until, the tokens or None for "no such session").
+        self._cache: OrderedDict[str, tuple[float, dict[str, Any] | None]] = OrderedDict()
+
+    # -- the SessionStore contract ------------------------------------------------------------------
+
+    async def load(self, request: web.Request) -> Session:
+        pairs = self.cookies.pairs(request)
+        xsrf = pairs.get(self._xsrf)
+        key = _key_of(pairs.get(self._name))
+        if key is None:
+            return Session(xsrf=xsrf)
+        record = await self._record(key)
+        if record is None:
+            return Session(xsrf=xsrf)
+        return Session(access_token=record.get("access_token"), id_token=record.get("id_token"),
+                       refresh_token=record.get("refresh_token"), xsrf=xsrf)
+
+    async def save(self, request: web.Request, tokens: Tokens) -> ApplyToResponse:
+        pairs = self.cookies.pairs(request)
+        sid = pairs.get(self._name)
+        brought = _key_of(sid)
+        current = await self._record(brought, fresh=True) if brought and not tokens.fresh_login else None
+        staged = web.StreamResponse()
+        if brought is not None and current is not None:
+            key = brought
+        else:
+            # A login, or a session that is gone: a new id, never one the browser brought along.
+            if tokens.fresh_login and brought is not None:
+                await self._forget(brought)
+            sid = secrets.token_urlsafe(32)
+            key = _key(sid)
+            staged.set_cookie(self._name, sid, **self.policy.attrs("session"))
+            current = {}
+        record = {
+            "access_token": tokens.access_token,
+            "id_token": tokens.id_token or current.get("id_token"),
+            "refresh_token": tokens.refresh_token or current.get("refresh_token"),
+            "sub": tokens.sub,
+        }
+        await self.redis.put(key, self.sealer.seal(key, json.dumps(record).encode()), self.lifetime)
+        self._remember(key, record)
+        await self.redis.publish(CHANNEL, key)
+        held = pairs.get(self._xsrf)
+        if held is None or self.csrf.verify(held, held, tokens.sub) is not None:
+            staged.set_cookie(self._xsrf, self.csrf.issue(tokens.sub), **self.policy.attrs("xsrf"))
+        # Token cookies of cookie mode the browser may still hold (a switch of modes): gone.
+        for kind in ("access", "id", "refresh"):
+            for old in ck.stale(self.policy.name(kind), pairs, 0):
+                staged.set_cookie(old, "", **self.policy.clear_attrs(kind))
+        return applier(staged)
+
+    async def clear(self, request: web.Request) -> ApplyToResponse:
+        pairs = self.cookies.pairs(request)
+        key = _key_of(pairs.get(self._name))
+        if key is not None:
+            await self._forget(key)
+        staged = web.StreamResponse()
+        kinds: tuple[CookieKind, ...] = ("session", "xsrf", "tx", "access", "id", "refresh")
+        for kind in kinds:
+            name = self.policy.name(kind)
+            for old in dict.fromkeys([name, *ck.stale(name, pairs, 0)]):
+                staged.set_cookie(old, "", **self.policy.clear_attrs(kind))
+        return applier(staged)
+
+    # -- the in-process copy ------------------------------------------------------------------------
+
+    def invalidate(self, key: str) -> None:
+        """Drop this process's copy (another process saved or cleared the session)."""
+        self._cache.pop(key, None)
+
+    async def _record(self, key: str, *, fresh: bool = False) -> dict[str, Any] | None:
+        now = self._monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > now and not fresh:
+            return hit[1]
+        try:
+            sealed = await self.redis.get(key)
+        except StoreUnavailable as exc:
+            self._watch.failed(exc.reason)
+            raise
+        self._watch.answered()
+        opened = self.sealer.open(key, sealed) if sealed is not None else None
+        record = json.loads(opened) if opened is not None else None
+        self._remember(key, record if isinstance(record, dict) else None)
+        return record if isinstance(record, dict) else None
+
+    def _remember(self, key: str, record: dict[str, Any] | None) -> None:
+        if self.cache_seconds <= 0:
+            return
+        self._cache[key] = (self._monotonic() + self.cache_seconds, record)
+        self._cache.move_to_end(key)
+        while len(self._cache) > _CACHE_MAX:
+            self._cache.popitem(last=False)
+
+    async def _forget(self, key: str) -> None:
+        self._cache.pop(key, None)
+        await self.redis.delete(key)
+        await self.redis.publish(CHANNEL, key)
+
+
+def _key_of(session_id: str | None) -> str | None:
+    """The Redis key of a well-formed session id (its digest), None for anything else."""
+    if session_id is None or SESSION_ID.fullmatch(session_id) is None:
+        return None
+    return _key(session_id)
+
+
+def _key(session_id: str) -> str:
+    return "session:" + hashlib.sha256(session_id.encode("ascii")).hexdigest()
