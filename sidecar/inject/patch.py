@@ -1,8 +1,8 @@
 """A pod → the RFC 6902 JSON Patch that adds authsidecar to it, or the reasons it cannot.
 
 Paths are JSON Pointers (RFC 6901): ``/`` in an annotation key is written ``~1`` (and ``~`` as
-``~0``). A pod may come without ``metadata.annotations``, ``spec.volumes`` or
-``spec.initContainers``: "add" to ``.../-`` of a missing array fails, so the array is added whole.
+``~0``). A pod may come without ``spec.volumes`` or ``spec.initContainers``: "add" to ``.../-``
+of a missing array fails, so the array is added whole.
 """
 
 from __future__ import annotations
@@ -74,13 +74,9 @@ def plan(pod: dict[str, Any], template: SidecarTemplate) -> Plan:
     problems += _clashes(spec, containers, inits, volumes, template)
     if problems or isinstance(request, list):
         return Plan(problems=tuple(problems))
-    ops: list[dict[str, Any]] = []
-    if metadata is None:
-        ops.append({"op": "add", "path": "/metadata", "value": {"annotations": {INJECTED: "true"}}})
-    elif "annotations" not in metadata or not isinstance(metadata["annotations"], dict):
-        ops.append({"op": "add", "path": "/metadata/annotations", "value": {INJECTED: "true"}})
-    else:
-        ops.append({"op": "add", "path": pointer("metadata", "annotations", INJECTED), "value": "true"})
+    # The pod asked by annotation, so metadata.annotations exists ("add" replaces a stale mark).
+    ops: list[dict[str, Any]] = [
+        {"op": "add", "path": pointer("metadata", "annotations", INJECTED), "value": "true"}]
     ops += _append(spec, "volumes", c.volumes(template, request))
     ops += _append(spec, "initContainers" if template.native_sidecar else "containers",
                    [c.container(template, request)])

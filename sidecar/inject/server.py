@@ -56,8 +56,10 @@ class Injector:
         self.tls = CertReloader(settings.listen.tls_cert, settings.listen.tls_key)
         self.metrics.expiry.set(self.tls.expires_at)
         self.closing = False
+        # lingering_time: after a 413 the rest of an oversized upload is read for at most a
+        # second (so the client sees the answer, not a reset), not aiohttp's default ten.
         self.webhook = SafeAppRunner(_webhook_app(self), handle_signals=False, access_log=None,
-                                     shutdown_timeout=settings.listen.shutdown_grace)
+                                     shutdown_timeout=settings.listen.shutdown_grace, lingering_time=1.0)
         self.admin = SafeAppRunner(_admin_app(self), handle_signals=False, access_log=None)
         self.port = self.admin_port = 0
         self._watch: asyncio.Task[None] | None = None
@@ -119,7 +121,10 @@ async def mutate(request: web.Request) -> web.Response:
     log = injector.log.info if verdict.outcome in ("injected", "skipped") else injector.log.warning
     log("admission_review", uid=verdict.uid, outcome=verdict.outcome, status=status,
         detail=verdict.message, **verdict.fields)
-    return web.json_response(verdict.body, status=status, headers={"Cache-Control": "no-store"})
+    response = web.json_response(verdict.body, status=status, headers={"Cache-Control": "no-store"})
+    if status == 413:
+        response.force_close()
+    return response
 
 
 def _webhook_app(injector: Injector) -> web.Application:

@@ -147,7 +147,7 @@ def _messages(error: ValidationError) -> list[str]:
             # "sub: problem" parts name a key below this one; several are joined by " | ".
             for part in str(item["msg"]).removeprefix("Value error, ").split(" | "):
                 sub, sep, rest = part.partition(": ")
-                named = sep and re.fullmatch(r"[a-z_.-]+", sub) is not None
+                named = sep and re.fullmatch(r"[A-Za-z0-9_.-]+", sub) is not None
                 lines.append(f"{key}.{sub}: {rest}" if named and key else f"{key}: {part}")
         else:
             lines.append(f"{key}: {item['msg']}")
