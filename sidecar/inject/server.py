@@ -93,6 +93,9 @@ class Injector:
 
 
 INJECTOR = web.AppKey("authsidecar.injector", Injector)
+# What the MutatingWebhookConfiguration and the probes name (deploy/k8s/injector tests check them).
+MUTATE_PATH = "/mutate"
+HEALTHZ, READYZ, METRICS = "/healthz", "/readyz", "/metrics"
 
 
 async def mutate(request: web.Request) -> web.Response:
@@ -131,7 +134,7 @@ def _webhook_app(injector: Injector) -> web.Application:
     # aiohttp refuses bodies over client_max_size itself when no Content-Length announced them.
     app = web.Application(client_max_size=injector.settings.listen.max_body_bytes)
     app[INJECTOR] = injector
-    app.router.add_post("/mutate", mutate)
+    app.router.add_post(MUTATE_PATH, mutate)
     return app
 
 
@@ -153,9 +156,9 @@ async def metrics(request: web.Request) -> web.Response:
 def _admin_app(injector: Injector) -> web.Application:
     app = web.Application()
     app[INJECTOR] = injector
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get(HEALTHZ, healthz)
+    app.router.add_get(READYZ, readyz)
+    app.router.add_get(METRICS, metrics)
     return app
 
 
