@@ -116,13 +116,20 @@ async def test_the_timer_picks_up_renewed_files(start_injector: Any, client: aio
         assert 'authsidecar_injector_certificate_reloads_total{result="ok"} 1.0' in await resp.text()
 
 
-async def test_unusable_new_files_leave_the_old_certificate_serving(running: Running) -> None:
+@pytest.mark.parametrize("written", ["cert", "key"], ids=["new-cert-old-key", "old-cert-new-key"])
+async def test_half_a_renewal_leaves_the_old_certificate_serving(running: Running, written: str) -> None:
     before = await served_serial(running)
     other = running.certs.ca.issue_cert("127.0.0.1")
-    # A key that does not belong to the certificate: half a renewal.
-    other.private_key_pem.write_to_path(str(running.certs.key))
+    if written == "cert":
+        other.cert_chain_pems[0].write_to_path(str(running.certs.cert))
+    else:
+        other.private_key_pem.write_to_path(str(running.certs.key))
     assert running.injector.tls.check() == "failed"
     assert await served_serial(running) == before
+
+
+async def test_unreadable_new_files_leave_the_old_certificate_serving(running: Running) -> None:
+    before = await served_serial(running)
     running.certs.cert.write_text("not a certificate", encoding="utf-8")
     assert running.injector.tls.check() == "failed"
     assert await served_serial(running) == before
