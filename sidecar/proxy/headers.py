@@ -35,6 +35,7 @@ from typing import Any, Final, TypeVar
 
 from multidict import CIMultiDict, MultiMapping
 
+from sidecar.auth.assertion import AssertionSigner
 from sidecar.config import IdentityHeaderSettings
 from sidecar.identity import Identity
 
@@ -120,15 +121,19 @@ class HeaderPolicy:
         trusted_proxies: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
         *,
         cookie_filter: Callable[[str], str | None],
+        assertion: AssertionSigner | None = None,
     ) -> None:
         """``cookie_filter``: a ``Cookie`` header without the sidecar's own cookies (the session
-        store's ``CookieCache.for_app``, built from ``CookieNames``: the one list of those names)."""
+        store's ``CookieCache.for_app``, built from ``CookieNames``: the one list of those names).
+        ``assertion``: signs the identity assertion header, when it is enabled."""
+        self._assertion = assertion
         self._trusted = tuple(trusted_proxies)
         self._cookie_filter = cookie_filter
         self._forward_token = settings.forward_access_token
         mapped = (settings.user_id, settings.email, settings.groups, settings.username)
         self._identity_names = frozenset(
-            _normalize(n) for n in (*mapped, *settings.claims.values(), *settings.strip)
+            _normalize(n) for n in (*mapped, *settings.claims.values(), *settings.strip,
+                                    settings.assertion.header)
         ) | _FORWARDED_IDENTITY
         self._managed = frozenset(_normalize(n) for n in (*_ACTIONS, "content-length"))
         self._user_id, self._email, self._groups, self._username = mapped
@@ -139,6 +144,7 @@ class HeaderPolicy:
         self._connections: dict[str, frozenset[str] | None] = {}
         self._trust: dict[str, bool] = {}
         self._identities: dict[int, tuple[Identity, tuple[tuple[str, str], ...]]] = {}
+        self._auth_request: dict[int, tuple[Identity, tuple[tuple[str, str], ...]]] = {}
 
     # -- per request -------------------------------------------------------------------------------
 
@@ -158,7 +164,7 @@ class HeaderPolicy:
         actions = self._actions
         connection = incoming.get("Connection")
         named = self._connection_named(connection) if connection else None
-        trusted = peer is not None and self._is_trusted(peer)
+        trusted = self.is_trusted(peer)
         cookies: list[str] | None = None
         chain: list[str] | None = None
         proto = fwd_host = None
@@ -206,7 +212,9 @@ class HeaderPolicy:
         out.append(("X-Forwarded-Host", fwd_host or host))
         out.append(("X-Request-Id", request_id))
         if identity is not None:
-            out.extend(self._identity_headers(identity))
+            out.extend(self.identity_headers(identity))
+            if self._assertion is not None:
+                out.append((self._assertion.header, self._assertion.assertion(identity)))
             if self._forward_token and access_token:
                 out.append(("Authorization", "Bearer " + _clean(access_token)))
         return CIMultiDict(out)
@@ -261,7 +269,34 @@ class HeaderPolicy:
                 trusted = any(ip in net for net in self._trusted)
         return _remember(self._trust, address, trusted)
 
-    def _identity_headers(self, identity: Identity) -> tuple[tuple[str, str], ...]:
+    def is_trusted(self, peer: str | None) -> bool:
+        """Whether ``peer`` is one of ``trusted_proxies`` (whose forwarding headers are believed)."""
+        return peer is not None and self._is_trusted(peer)
+
+    def verify_headers(self, identity: Identity, access_token: str) -> list[tuple[str, str]]:
+        """The response headers of a forward-auth 200: the ``X-User-*`` block, oauth2-proxy's
+        ``X-Auth-Request-*`` names, the assertion, and the access token only when forwarded."""
+        entry = self._auth_request.get(id(identity))
+        if entry is not None and entry[0] is identity:
+            block = entry[1]
+        else:
+            values = [
+                ("X-Auth-Request-User", identity.sub),
+                ("X-Auth-Request-Email", identity.email),
+                ("X-Auth-Request-Groups", ",".join(identity.groups)),
+                ("X-Auth-Request-Preferred-Username", identity.username),
+            ]
+            block = (*self.identity_headers(identity), *((n, _clean(v)) for n, v in values if v))
+            _remember(self._auth_request, id(identity), (identity, block))
+        out = list(block)
+        if self._assertion is not None:
+            out.append((self._assertion.header, self._assertion.assertion(identity)))
+        if self._forward_token:
+            out.append(("X-Auth-Request-Access-Token", _clean(access_token)))
+        return out
+
+    def identity_headers(self, identity: Identity) -> tuple[tuple[str, str], ...]:
+        """The ``X-User-*`` block for ``identity`` (names from the settings), cached per object."""
         # Identities are cached per token upstream, so the same object comes back request after
         # request. The entry holds the object itself: its id cannot be reused while it is cached.
         entry = self._identities.get(id(identity))
