@@ -275,7 +275,12 @@ class HeaderPolicy:
 
     def verify_headers(self, identity: Identity, access_token: str) -> list[tuple[str, str]]:
         """The response headers of a forward-auth 200: the ``X-User-*`` block, oauth2-proxy's
-        ``X-Auth-Request-*`` names, the assertion, and the access token only when forwarded."""
+        ``X-Auth-Request-*`` names, the assertion, and the access token only when forwarded.
+
+        Every identity header is present, empty when the identity has no value: a gateway that
+        copies a named header would otherwise leave the client's own (or, Caddy before 2.7, its
+        placeholder's text) in place.
+        """
         entry = self._auth_request.get(id(identity))
         if entry is not None and entry[0] is identity:
             block = entry[1]
@@ -286,7 +291,7 @@ class HeaderPolicy:
                 ("X-Auth-Request-Groups", ",".join(identity.groups)),
                 ("X-Auth-Request-Preferred-Username", identity.username),
             ]
-            block = (*self.identity_headers(identity), *((n, _clean(v)) for n, v in values if v))
+            block = tuple((n, _clean(v or "")) for n, v in (*self._identity_values(identity), *values))
             _remember(self._auth_request, id(identity), (identity, block))
         out = list(block)
         if self._assertion is not None:
@@ -302,6 +307,11 @@ class HeaderPolicy:
         entry = self._identities.get(id(identity))
         if entry is not None and entry[0] is identity:
             return entry[1]
+        block = tuple((name, _clean(v)) for name, v in self._identity_values(identity) if v)
+        _remember(self._identities, id(identity), (identity, block))
+        return block
+
+    def _identity_values(self, identity: Identity) -> list[tuple[str, str | None]]:
         values = [
             (self._user_id, identity.sub),
             (self._email, identity.email),
@@ -310,9 +320,7 @@ class HeaderPolicy:
         ]
         claims = identity.claims
         values.extend((header, _claim_text(claims.get(claim))) for claim, header in self._claim_headers)
-        block = tuple((name, _clean(v)) for name, v in values if v)
-        _remember(self._identities, id(identity), (identity, block))
-        return block
+        return values
 
 
 def response_headers(upstream: Mapping[str, str] | Iterable[tuple[str, str]]) -> CIMultiDict[str]:

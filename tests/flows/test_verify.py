@@ -328,3 +328,16 @@ async def test_without_an_upstream_only_the_sidecars_own_routes_answer(
     assert me.status == 200
     assert jwks.status == 200
     assert ready.status == 200
+
+
+async def test_every_identity_header_is_named_also_when_the_identity_has_no_value(
+    make_stack: StackFactory,
+) -> None:
+    stack = await gateway_stack(make_stack)
+    carol = await logged_in(stack, "carol")  # in no group
+
+    answer = await carol.get(stack.url(VERIFY), headers=original("/orders"))
+
+    # Present and empty: a gateway copying the header replaces whatever the client sent.
+    assert answer.headers.getall("X-User-Groups") == [""]
+    assert answer.headers.getall("X-Auth-Request-Groups") == [""]
