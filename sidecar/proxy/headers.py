@@ -39,7 +39,10 @@ from sidecar.auth.assertion import AssertionSigner
 from sidecar.config import IdentityHeaderSettings
 from sidecar.identity import Identity
 
-__all__ = ["HOP_BY_HOP", "HeaderPolicy", "response_headers"]
+__all__ = ["APP_COOKIE", "HOP_BY_HOP", "HeaderPolicy", "response_headers"]
+
+# Forward-auth: the Cookie header the app should get (the sidecar's own cookies removed).
+APP_COOKIE: Final = "X-Authsidecar-Cookie"
 
 # RFC 9110 §7.6.1, plus Proxy-Connection (never standard, still sent by old clients).
 HOP_BY_HOP: Final = frozenset(
@@ -273,9 +276,12 @@ class HeaderPolicy:
         """Whether ``peer`` is one of ``trusted_proxies`` (whose forwarding headers are believed)."""
         return peer is not None and self._is_trusted(peer)
 
-    def verify_headers(self, identity: Identity, access_token: str) -> list[tuple[str, str]]:
+    def verify_headers(self, identity: Identity, access_token: str,
+                       cookies: list[str]) -> list[tuple[str, str]]:
         """The response headers of a forward-auth 200: the ``X-User-*`` block, oauth2-proxy's
-        ``X-Auth-Request-*`` names, the assertion, and the access token only when forwarded.
+        ``X-Auth-Request-*`` names, the assertion, the access token only when forwarded, and
+        ``X-Authsidecar-Cookie``: the request's ``Cookie`` without the sidecar's own cookies, for
+        the gateway to send the app instead (the app never sees the session's tokens).
 
         Every identity header is present, empty when the identity has no value: a gateway that
         copies a named header would otherwise leave the client's own (or, Caddy before 2.7, its
@@ -294,6 +300,8 @@ class HeaderPolicy:
             block = tuple((n, _clean(v or "")) for n, v in (*self._identity_values(identity), *values))
             _remember(self._auth_request, id(identity), (identity, block))
         out = list(block)
+        cookie = self._cookie_filter("; ".join(cookies)) if cookies else None
+        out.append((APP_COOKIE, cookie or ""))
         if self._assertion is not None:
             out.append((self._assertion.header, self._assertion.assertion(identity)))
         if self._forward_token:

@@ -99,7 +99,8 @@ class Verify:
         out: CIMultiDict[str] = CIMultiDict()
         if caller is not None:
             request[IDENTITY] = caller.identity
-            out.extend(self.headers.verify_headers(caller.identity, caller.access_token))
+            out.extend(self.headers.verify_headers(caller.identity, caller.access_token,
+                                                   request.headers.getall("Cookie", [])))
         return web.Response(status=200, headers=out)
 
     def _original(self, request: web.Request) -> tuple[str, str] | None:

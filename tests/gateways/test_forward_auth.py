@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import jwt
 import pytest
+from yarl import URL
 
 from sidecar.auth.assertion import JWKS_PATH
-from tests.gateways.conftest import Gateway, GatewayFactory
+from tests.gateways.support import Gateway, GatewayFactory
 
 KINDS = [pytest.param("nginx", id="nginx"), pytest.param("caddy", id="caddy")]
 
@@ -114,3 +115,21 @@ async def test_the_app_verifies_the_assertion_the_gateway_passed_on(
 
     assert claims["email"] == "alice@example.com"
     assert claims["groups"] == ["admins", "users"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_the_app_gets_the_browsers_cookies_but_never_the_sidecars(
+    make_gateway: GatewayFactory, kind: str,
+) -> None:
+    gateway = await make_gateway(kind)
+    browser = await gateway.browser()
+    form = await browser.get(gateway.url("/orders"))
+    assert (await gateway.sign_in(browser, form, "alice")).status == 200
+    browser.cookie_jar.update_cookies({"theme": "dark"}, URL(gateway.base))
+
+    echo = await (await browser.get(gateway.url("/orders"))).json()
+
+    sent = echo["headers"]["Cookie"]
+    assert "theme=dark" in sent
+    for name in ("access_token", "id_token", "XSRF-TOKEN"):
+        assert f"{name}=" not in sent
