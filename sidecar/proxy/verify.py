@@ -4,7 +4,8 @@
 The request is judged exactly as the proxy route judges one (:mod:`sidecar.proxy.gate`): the same
 authenticator (validation cache, transparent refresh, CSRF), the same dot-segment check, public paths
 and rules, but on the *original* method and URI, which the gateway names in ``X-Original-Method`` /
-``X-Original-URI`` (nginx) or ``X-Forwarded-Method`` / ``X-Forwarded-Uri`` (Traefik, Caddy). Those
+``X-Original-URI`` (nginx), ``X-Forwarded-Method`` / ``X-Forwarded-Uri`` (Traefik, Caddy) or
+``X-Original-Method`` / ``X-Original-URL`` (ingress-nginx, an absolute URL). Those
 headers are believed only from ``trusted_proxies``; from anyone else they are ignored and the request
 is judged as what it is (a request for ``/auth/verify``).
 
@@ -41,6 +42,8 @@ MAX_ORIGINAL_URI: Final = 8192
 # An origin-form request target (RFC 9112 §3.2.1) as a client sends it: visible ASCII, no space.
 _ORIGINAL_URI = re.compile(r"/[\x21-\x7e]*")
 _METHOD = re.compile(r"[A-Z]{1,20}")
+# ingress-nginx's X-Original-URL: $scheme://$http_host$request_uri.
+_ORIGINAL_URL = re.compile(r"(https?://[A-Za-z0-9.:\[\]-]+)(/[\x21-\x7e]*)?")
 
 
 class Verify:
@@ -65,7 +68,7 @@ class Verify:
         original = self._original(request)
         judged = request
         if original is not None:
-            method, target = original
+            method, target, _origin = original
             # The clone's state is a shallow copy: renewed cookies it records land in this list,
             # so they go out on this response.
             if RESPONSE_HOOKS not in request:
@@ -103,19 +106,27 @@ class Verify:
                                                    request.headers.getall("Cookie", [])))
         return web.Response(status=200, headers=out)
 
-    def _original(self, request: web.Request) -> tuple[str, str] | None:
-        """The gateway's original method and URI, when a trusted peer names them."""
+    def _original(self, request: web.Request) -> tuple[str, str, str | None] | None:
+        """The gateway's original method, URI and (when it names one) origin, from a trusted peer."""
         headers = request.headers
         uri = headers.get("X-Original-URI")
         method = headers.get("X-Original-Method")
+        origin = None
         if uri is None:
             uri = headers.get("X-Forwarded-Uri")
             method = headers.get("X-Forwarded-Method")
-        if uri is None or not self.headers.is_trusted(request.remote):
+        url = headers.get("X-Original-URL") if uri is None else None
+        if (uri is None and url is None) or not self.headers.is_trusted(request.remote):
             return None
-        if len(uri) > MAX_ORIGINAL_URI:
+        if len(uri or url or "") > MAX_ORIGINAL_URI:
             raise BadOriginalRequest("original_uri_too_long")
-        if _ORIGINAL_URI.fullmatch(uri) is None:
+        if url is not None:
+            match = _ORIGINAL_URL.fullmatch(url)
+            if match is None:
+                raise BadOriginalRequest("bad_original_uri")
+            origin, uri = match[1], match[2] or "/"
+            method = headers.get("X-Original-Method")
+        if uri is None or _ORIGINAL_URI.fullmatch(uri) is None:
             raise BadOriginalRequest("bad_original_uri")
         if method is None:
             # Without the gateway's word the subrequest's own method stands (nginx passes the
@@ -123,16 +134,18 @@ class Verify:
             method = request.method
         elif _METHOD.fullmatch(method) is None:
             raise BadOriginalRequest("bad_original_method")
-        return method, uri
+        return method, uri, origin
 
-    def _login(self, request: web.Request, original: tuple[str, str] | None) -> str:
+    def _login(self, request: web.Request, original: tuple[str, str, str | None] | None) -> str:
         """The login URL that brings the browser back to the original URL (validated at login)."""
         if original is None:
             return self.login_url
-        target = original[1]
+        _method, target, origin = original
         headers = request.headers
         host = headers.get("X-Forwarded-Host")
-        if host:
+        if origin is not None:
+            target = origin + target
+        elif host:
             proto = headers.get("X-Forwarded-Proto", "https")
             target = f"{proto}://{host}{target}"
         return f"{self.login_url}?return_to={quote(target, safe='')}"

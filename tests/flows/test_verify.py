@@ -151,15 +151,31 @@ async def test_the_forwarded_uri_names_of_traefik_and_caddy_are_read_too(make_st
     assert refused.status == 403
 
 
+async def test_ingress_nginxs_absolute_original_url_is_read_too(
+    make_stack: StackFactory, client: aiohttp.ClientSession,
+) -> None:
+    stack = await gateway_stack(make_stack)
+    bob = await logged_in(stack, "bob")
+    url = {"X-Original-URL": f"{APP}/admin/users?x=1", "X-Original-Method": "GET"}
+
+    refused = await bob.get(stack.url(VERIFY), headers=url)
+    anonymous = await client.get(stack.url(VERIFY), headers=url)
+
+    assert refused.status == 403
+    assert anonymous.status == 401
+    login = anonymous.headers["X-Authsidecar-Login"]
+    assert parse_qs(urlsplit(login).query)["return_to"] == [f"{APP}/admin/users?x=1"]
+
+
 async def test_the_original_uri_of_an_untrusted_peer_is_ignored(make_stack: StackFactory) -> None:
     stack = await gateway_stack(make_stack, trusted_proxies=[])
     bob = await logged_in(stack, "bob")
 
-    answer = await bob.get(stack.url(VERIFY), headers={**original("/admin/users"),
-                                                       "X-Forwarded-Uri": "/admin/users"})
-
-    # The rule saw the real path (/auth/verify), not the claimed one.
-    assert answer.status == 200
+    for claimed in (original("/admin/users"), {"X-Forwarded-Uri": "/admin/users"},
+                    {"X-Original-URL": f"{APP}/admin/users"}):
+        answer = await bob.get(stack.url(VERIFY), headers=claimed)
+        # The rule saw the real path (/auth/verify), not the claimed one.
+        assert answer.status == 200, claimed
 
 
 async def test_a_public_original_path_passes_without_credentials(
@@ -184,6 +200,11 @@ async def test_a_public_original_path_passes_without_credentials(
     pytest.param(original("/orders\tx"), "bad_original_uri", id="raw-tab"),
     pytest.param(original("/orders", method="GET /x"), "bad_original_method", id="bad-method"),
     pytest.param({"X-Forwarded-Uri": "/a/../admin"}, "ambiguous_path", id="forwarded-uri-dot-dot"),
+    pytest.param({"X-Original-URL": f"{APP}/a/../admin"}, "ambiguous_path", id="original-url-dot-dot"),
+    pytest.param({"X-Original-URL": "javascript:alert(1)"}, "bad_original_uri", id="original-url-scheme"),
+    pytest.param({"X-Original-URL": "http://user@app.example.test/"}, "bad_original_uri",
+                 id="original-url-userinfo"),
+    pytest.param({"X-Original-URL": f"{APP}/" + "a" * 9000}, "original_uri_too_long", id="original-url-huge"),
 ])
 async def test_an_original_uri_that_cannot_be_judged_is_a_400(
     make_stack: StackFactory, headers: dict[str, str], reason: str,
