@@ -158,6 +158,7 @@ def create_app(
     app.on_cleanup.append(flush)
     # Forward-auth, for every method a gateway may use; before /auth/*'s catch-all.
     app.router.add_route("*", VERIFY_PATH, verify.handle)
+    app.router.add_route("*", VERIFY_PATH + "/{original:.*}", verify.handle)  # Envoy's ext_authz
     routes.register(app.router, settings.me_alias)
     if signer is not None:
         app.router.add_get(JWKS_PATH, _jwks_handler(signer))

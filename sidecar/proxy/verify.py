@@ -5,7 +5,8 @@ The request is judged exactly as the proxy route judges one (:mod:`sidecar.proxy
 authenticator (validation cache, transparent refresh, CSRF), the same dot-segment check, public paths
 and rules, but on the *original* method and URI, which the gateway names in ``X-Original-Method`` /
 ``X-Original-URI`` (nginx), ``X-Forwarded-Method`` / ``X-Forwarded-Uri`` (Traefik, Caddy) or
-``X-Original-Method`` / ``X-Original-URL`` (ingress-nginx, an absolute URL). Those
+``X-Original-Method`` / ``X-Original-URL`` (ingress-nginx, an absolute URL); Envoy's ``ext_authz``
+appends the original path to ``/auth/verify`` and keeps the method. Those
 headers are believed only from ``trusted_proxies``; from anyone else they are ignored and the request
 is judged as what it is (a request for ``/auth/verify``).
 
@@ -116,7 +117,13 @@ class Verify:
             uri = headers.get("X-Forwarded-Uri")
             method = headers.get("X-Forwarded-Method")
         url = headers.get("X-Original-URL") if uri is None else None
-        if (uri is None and url is None) or not self.headers.is_trusted(request.remote):
+        if uri is None and url is None:
+            # Envoy: /auth/verify/orders/7?x=1 asks about GET /orders/7?x=1.
+            raw = request.raw_path
+            if not raw.startswith(VERIFY_PATH + "/"):
+                return None
+            uri, method = raw[len(VERIFY_PATH):], request.method
+        if not self.headers.is_trusted(request.remote):
             return None
         if len(uri or url or "") > MAX_ORIGINAL_URI:
             raise BadOriginalRequest("original_uri_too_long")

@@ -14,6 +14,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from yarl import URL
 
 from sidecar.auth.assertion import JWKS_PATH
 from tests.flows.browser_support import AUTH_COOKIES, csrf_headers, set_cookie_map
@@ -167,6 +168,19 @@ async def test_ingress_nginxs_absolute_original_url_is_read_too(
     assert parse_qs(urlsplit(login).query)["return_to"] == [f"{APP}/admin/users?x=1"]
 
 
+async def test_envoys_original_path_after_the_verify_path_is_read_too(make_stack: StackFactory) -> None:
+    stack = await gateway_stack(make_stack)
+    bob = await logged_in(stack, "bob")
+
+    refused = await bob.get(stack.url(VERIFY + "/admin/users?x=1"))
+    allowed = await bob.get(stack.url(VERIFY + "/orders/7?x=1"))
+    dotted = await bob.get(URL(stack.url(VERIFY + "/a/%2e%2e/admin"), encoded=True))
+
+    assert refused.status == 403
+    assert allowed.status == 200
+    assert dotted.status == 400
+
+
 async def test_the_original_uri_of_an_untrusted_peer_is_ignored(make_stack: StackFactory) -> None:
     stack = await gateway_stack(make_stack, trusted_proxies=[])
     bob = await logged_in(stack, "bob")
@@ -176,6 +190,8 @@ async def test_the_original_uri_of_an_untrusted_peer_is_ignored(make_stack: Stac
         answer = await bob.get(stack.url(VERIFY), headers=claimed)
         # The rule saw the real path (/auth/verify), not the claimed one.
         assert answer.status == 200, claimed
+    # Nor is a path after /auth/verify read as the original one.
+    assert (await bob.get(stack.url(VERIFY + "/admin/users"))).status == 200
 
 
 async def test_a_public_original_path_passes_without_credentials(
