@@ -1,7 +1,8 @@
 """Headers between the client, the sidecar and the app: compiled once, then only looked up.
 
 :class:`HeaderPolicy` turns the client's request headers into the app's, and :func:`response_headers`
-turns the app's response headers into the client's. Both are pure: no I/O, no clock, no globals.
+turns the app's response headers into the client's. Both are pure: no I/O, no clock, no globals
+(the identity assertion, when on, comes from a signer that reads its own injected clock).
 
 Request side, in one pass over the incoming headers:
 

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import SecretStr
 
 from sidecar.auth.assertion import AssertionSigner
-from sidecar.config import AssertionSettings, parse_settings
+from sidecar.config import AssertionSettings, parse_settings, redacted
 from sidecar.errors import ConfigError
 from sidecar.identity import Identity
 from tests.conftest import FakeClock
@@ -202,3 +202,29 @@ def test_assertion_settings_are_checked_at_the_door(settings: dict[str, Any], me
     assert "identity_headers.assertion" in text
     assert message in text
     assert "BEGIN" not in text
+
+
+def test_the_signing_keys_are_masked_wherever_the_configuration_is_printed() -> None:
+    data = {
+        "oidc": {"issuer": "https://idp.example.com", "client_id": "c"},
+        "callback_url": "https://api.example.com/auth/callback", "app_url": "https://app.example.com/",
+        "cookies": {"secret": "s" * 40},
+        "identity_headers": {"assertion": {"enabled": True, "audience": "a", "signing_key": KEY_A,
+                                           "secondary_key": KEY_B}},
+    }
+
+    printed = json.dumps(redacted(parse_settings(data)))
+
+    assert "PRIVATE KEY" not in printed
+    assert KEY_A.splitlines()[1] not in printed
+
+
+def test_upstream_null_from_the_environment_means_no_upstream() -> None:
+    data = {
+        "oidc": {"issuer": "https://idp.example.com", "client_id": "c"},
+        "callback_url": "https://api.example.com/auth/callback", "app_url": "https://app.example.com/",
+        "cookies": {"secret": "s" * 40}, "upstream": {"url": "http://127.0.0.1:3000"},
+    }
+
+    assert parse_settings(data).upstream is not None
+    assert parse_settings(data, {"AUTHSIDECAR_UPSTREAM": "null"}).upstream is None
