@@ -13,6 +13,20 @@ if [ ! -x /usr/bin/chromium ]; then
     echo "authsidecar: /usr/bin/chromium is missing; the browser tests need Debian's chromium package" >&2
   fi
 fi
+# The forward-auth tests drive Debian's nginx (auth_request) and Caddy (forward_auth) binaries.
+missing=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v caddy >/dev/null 2>&1 || missing+=(caddy)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing ${missing[*]} (apt-get)"
+    apt-get update -qq >/dev/null
+    # The tests start their own instances (on loopback, with generated configurations).
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "authsidecar: ${missing[*]} missing; the gateway tests need Debian's nginx-light and caddy" >&2
+  fi
+fi
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== mypy --strict sidecar/"

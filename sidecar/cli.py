@@ -92,7 +92,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False, secret_generate
         print(f"authsidecar: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
     log.info("listening", port=sidecar.port, admin_port=sidecar.admin_port,
-             upstream=settings.upstream.url, issuer=settings.oidc.issuer)
+             upstream=settings.upstream.url if settings.upstream else None, issuer=settings.oidc.issuer)
     await stop.wait()
     log.info("shutting_down", grace_s=settings.listen.shutdown_grace)
     app[HEALTH].closing = True
