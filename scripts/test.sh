@@ -13,14 +13,20 @@ if [ ! -x /usr/bin/chromium ]; then
     echo "authsidecar: /usr/bin/chromium is missing; the browser tests need Debian's chromium package" >&2
   fi
 fi
-# The fleet tests run a real redis-server (Debian's package) on a free loopback port.
-if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
+# The forward-auth tests drive Debian's nginx (auth_request) and Caddy (forward_auth) binaries;
+# the fleet tests a real redis-server. Each on a free loopback port, started by the tests.
+missing=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v caddy >/dev/null 2>&1 || missing+=(caddy)
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "== installing redis-server (apt-get)"
+    echo "== installing ${missing[*]} (apt-get)"
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+    # The tests start their own instances (on loopback, with generated configurations).
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
-    echo "authsidecar: redis-server is missing; the fleet tests need Debian's redis-server package" >&2
+    echo "authsidecar: ${missing[*]} missing; the gateway and fleet tests need Debian's nginx-light, caddy and redis-server" >&2
   fi
 fi
 echo "== ruff"

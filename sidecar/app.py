@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from sidecar.admin import HEALTH, Health, create_admin_app
+from sidecar.auth.assertion import JWKS_PATH, AssertionSigner
 from sidecar.auth.authenticate import Authenticator
 from sidecar.auth.cookies import CookiePolicy
 from sidecar.auth.csrf import CsrfTokens, OriginPolicy
@@ -45,6 +46,7 @@ from sidecar.proxy.middleware import (
     response_decorator,
 )
 from sidecar.proxy.rules import PathSet, RuleSet
+from sidecar.proxy.verify import VERIFY_PATH, Verify
 from sidecar.store.base import SharedStore
 from sidecar.store.host import HostStoreClient
 from sidecar.store.memory import MemoryStore
@@ -53,6 +55,8 @@ from sidecar.store.sealed import Sealer
 from sidecar.store.watch import StoreWatch, keep_watching
 
 LOGIN_PATH = "/auth/login"
+# The assertion signer, when assertions are on (the admin listener publishes its keys too).
+ASSERTION = web.AppKey("authsidecar.assertion", AssertionSigner)
 # Request lines and header fields up to 64 KiB: a chunked ID token of a user in many groups makes
 # a long Cookie header (aiohttp's default limit is 8 KiB).
 MAX_FIELD = 65536
@@ -93,7 +97,8 @@ def create_app(
     keep = {name for rule in settings.rules for name in rule.claims} | set(settings.identity_headers.claims)
     provider = ProviderLink(settings.oidc, metrics=metrics, clock=clock, log=log,
                             cache_size=settings.tokens.validation_cache_size, keep_claims=keep)
-    forwarder = Forwarder(settings.upstream, metrics)
+    # No upstream: forward-auth only (no app client, no proxy route).
+    forwarder = Forwarder(settings.upstream, metrics) if settings.upstream is not None else None
 
     origin = public_origin(settings)
     secret = _cookie_secret(settings)
@@ -134,12 +139,14 @@ def create_app(
         return_to=ReturnToPolicy(settings.app_url, (origin, *settings.allowed_return_origins)),
         metrics=metrics, log=log, clock=clock,
     )
-    gate = Gate(
-        authenticator=authenticator, rules=RuleSet(settings.rules), public=PathSet(settings.public_paths),
-        headers=HeaderPolicy(settings.identity_headers, settings.trusted_proxies,
-                             cookie_filter=cookies.for_app),
-        forwarder=forwarder, metrics=metrics,
-    )
+    assertion_settings = settings.identity_headers.assertion
+    signer = (AssertionSigner(assertion_settings, issuer=origin, clock=clock)
+              if assertion_settings.enabled else None)
+    headers = HeaderPolicy(settings.identity_headers, settings.trusted_proxies,
+                           cookie_filter=cookies.for_app, assertion=signer)
+    rules, public = RuleSet(settings.rules), PathSet(settings.public_paths)
+    verify = Verify(authenticator=authenticator, rules=rules, public=public, headers=headers,
+                    login_url=origin + LOGIN_PATH, metrics=metrics)
 
     cors = CorsPolicy(settings.cors)
     middlewares = [
@@ -156,18 +163,22 @@ def create_app(
         handler_args={"max_field_size": MAX_FIELD, "max_line_size": MAX_FIELD},
     )
     app[PROVIDER] = provider
-    app[FORWARDER] = forwarder
+    if forwarder is not None:
+        app[FORWARDER] = forwarder
+    if signer is not None:
+        app[ASSERTION] = signer
     app[HEALTH] = health
     app[LOGGER] = log
     # Headers of every response, streamed ones included: request id, CORS, refreshed cookies.
     app.on_response_prepare.append(response_decorator(cors if cors else None))
     app.cleanup_ctx.extend([
         _resource(provider.start, provider.close),
-        _resource(forwarder.start, forwarder.close),
         _resource(None, authenticator.close),
         _resource(None, transactions.close),
         _resource(None, shared.close),
     ])
+    if forwarder is not None:
+        app.cleanup_ctx.append(_resource(forwarder.start, forwarder.close))
     if isinstance(shared, RedisStore):
         redis = shared
         app.cleanup_ctx.append(_background(lambda: keep_watching(redis.ping, watch)))
@@ -184,13 +195,22 @@ def create_app(
         # Sidecar.stop() already gave open WebSockets their grace period; whatever is left is
         # closed with 1001 (going away).
         health.closing = True
-        await forwarder.close_websockets()
+        if forwarder is not None:
+            await forwarder.close_websockets()
 
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(flush)
+    # Forward-auth, for every method a gateway may use; before /auth/*'s catch-all.
+    app.router.add_route("*", VERIFY_PATH, verify.handle)
+    app.router.add_route("*", VERIFY_PATH + "/{original:.*}", verify.handle)  # Envoy's ext_authz
     routes.register(app.router, settings.me_alias)
-    # Everything else goes to the app.
-    app.router.add_route("*", "/{tail:.*}", gate.handle)
+    if signer is not None:
+        app.router.add_get(JWKS_PATH, _jwks_handler(signer))
+    if forwarder is not None:
+        # Everything else goes to the app (without one: a JSON 404).
+        gate = Gate(authenticator=authenticator, rules=rules, public=public, headers=headers,
+                    forwarder=forwarder, metrics=metrics)
+        app.router.add_route("*", "/{tail:.*}", gate.handle)
     return app
 
 
@@ -219,6 +239,17 @@ def _background(
     return lifetime
 
 
+def _jwks_handler(signer: AssertionSigner) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """``GET /.well-known/authsidecar/jwks.json``: the assertion's public keys (never a private member)."""
+
+    async def jwks(_request: web.Request) -> web.Response:
+        # Short caching: a verifier that meets an unknown kid fetches again anyway.
+        return web.Response(body=signer.jwks_body, content_type="application/jwk-set+json",
+                            headers={"Cache-Control": "public, max-age=300"})
+
+    return jwks
+
+
 def _resource(
     start: Callable[[], Awaitable[None]] | None, close: Callable[[], Awaitable[None]]
 ) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -235,4 +266,8 @@ def _resource(
 
 def admin_app_for(app: web.Application) -> web.Application:
     """The admin listener of a proxied app made by :func:`create_app` (same health, same metrics)."""
-    return create_admin_app(app[HEALTH], middlewares=[http_error_middleware()])
+    admin = create_admin_app(app[HEALTH], middlewares=[http_error_middleware()])
+    signer = app.get(ASSERTION)
+    if signer is not None:
+        admin.router.add_get(JWKS_PATH, _jwks_handler(signer))
+    return admin

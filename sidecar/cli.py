@@ -1,4 +1,4 @@
-"""Command line: ``authsidecar serve | check-config | dev``.
+"""Command line: ``authsidecar serve | check-config | dev | inject``.
 
 The only module that prints and exits: a :class:`ConfigError` becomes one line per problem on
 stderr and exit code 2, never a traceback.
@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=8080, help="sidecar port (default 8080)")
     dev.add_argument("--admin-port", type=int, default=9464, help="admin port (default 9464)")
     dev.add_argument("--host", default="127.0.0.1", help="sidecar bind address (default 127.0.0.1)")
+    inject = sub.add_parser("inject", help="run the Kubernetes sidecar injector (mutating webhook)")
+    inject.add_argument("--config", required=True, help="the injector's YAML file")
     return parser
 
 
@@ -94,7 +96,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False, secret_generate
         print(f"authsidecar: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
     log.info("listening", port=sidecar.port, admin_port=sidecar.admin_port,
-             upstream=settings.upstream.url, issuer=settings.oidc.issuer)
+             upstream=settings.upstream.url if settings.upstream else None, issuer=settings.oidc.issuer)
     await stop.wait()
     log.info("shutting_down", grace_s=settings.listen.shutdown_grace)
     app[HEALTH].closing = True
@@ -120,6 +122,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sidecar.dev.run import run_dev
 
         return _run(lambda: run_dev(host=args.host, port=args.port, admin_port=args.admin_port))
+    if args.command == "inject":
+        from sidecar.inject.server import serve_injector
+        from sidecar.inject.settings import load_injector_settings
+
+        try:
+            injector_settings = load_injector_settings(args.config)
+        except ConfigError as exc:
+            return _config_error(exc)
+        return _run(lambda: serve_injector(injector_settings))
     try:
         settings = load_settings(args.config, os.environ)
     except ConfigError as exc:

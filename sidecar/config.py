@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -197,6 +199,45 @@ class CsrfSettings(Section):
         return each(v, absolute_path)
 
 
+class AssertionSettings(Section):
+    """A signed identity assertion (ES256 JWT) on every proxied request and every verify 200."""
+
+    enabled: bool = False
+    header: str = "X-Authsidecar-Assertion"
+    # The app's audience: the `aud` it checks (e.g. "https://app.example.com" or "orders-api").
+    audience: str | None = None
+    # PEM EC P-256 private key that signs (`signing_key_file` for a mounted secret); share across replicas.
+    signing_key: SecretStr | None = None
+    # A second PEM EC P-256 key, published in the JWKS but never used to sign (key rotation).
+    secondary_key: SecretStr | None = None
+    # Seconds an assertion is valid (never past the access token's own expiry).
+    lifetime: int = Field(60, ge=10, le=60)
+
+    @field_validator("signing_key", "secondary_key")
+    @classmethod
+    def _pem(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not _is_p256_private_pem(v.get_secret_value()):
+            raise ValueError("must be a PEM EC P-256 private key "
+                             "(`openssl ecparam -name prime256v1 -genkey -noout`)")
+        return v
+
+    @model_validator(mode="after")
+    def _complete(self) -> AssertionSettings:
+        if not HEADER_NAME.match(self.header):
+            raise ValueError(f"header: {self.header!r} is not a valid header name")
+        if self.enabled and (not self.audience or self.signing_key is None):
+            raise ValueError("enabled: needs audience and signing_key (or signing_key_file)")
+        return self
+
+
+def _is_p256_private_pem(text: str) -> bool:
+    try:
+        key = load_pem_private_key(text.encode(), password=None)
+    except (ValueError, TypeError):
+        return False
+    return isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)
+
+
 class IdentityHeaderSettings(Section):
     user_id: str = "X-User-Id"
     email: str = "X-User-Email"
@@ -208,6 +249,7 @@ class IdentityHeaderSettings(Section):
     strip: tuple[str, ...] = ()
     # Also send the raw access token upstream as `Authorization: Bearer` (off: the app never sees it).
     forward_access_token: bool = False
+    assertion: AssertionSettings = AssertionSettings()
 
     @model_validator(mode="after")
     def _names(self) -> IdentityHeaderSettings:
@@ -341,7 +383,8 @@ class LogoutSettings(Section):
 class Settings(Section):
     listen: ListenSettings = ListenSettings()
     admin: AdminSettings = AdminSettings()
-    upstream: UpstreamSettings = UpstreamSettings()
+    # null: no app behind the sidecar (forward-auth for a gateway): /auth/*, verify and admin only.
+    upstream: UpstreamSettings | None = UpstreamSettings()
     oidc: OidcSettings
     # The public URL of /auth/callback as the browser reaches it (registered at the provider).
     callback_url: str

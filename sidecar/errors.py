@@ -7,6 +7,7 @@
     │   ├── CsrfRejected                 403: double-submit token or Origin check failed
     │   ├── Forbidden                    403: an authorization rule refused the identity
     │   ├── AmbiguousPath                400: a dot segment the app might resolve unlike the rules
+    │   ├── BadOriginalRequest           400: a gateway's original method/URI that cannot be judged
     │   └── FlowRejected                 400: a broken login transaction (state, replay, ...)
     ├── ProviderError(reason)            502/503: the OpenID provider failed or is unreachable
     │   └── RefreshFailed                401: the provider refused the refresh token (invalid_grant)
@@ -65,6 +66,13 @@ class Forbidden(AuthRejected):
 
 class AmbiguousPath(AuthRejected):
     """A path with a ``.``/``..`` segment: the app might resolve it differently from the rules."""
+
+    status = 400
+    error = "bad_request"
+
+
+class BadOriginalRequest(AuthRejected):
+    """Forward-auth: the gateway's ``X-Original-URI``/``-Method`` is not a plain path and method."""
 
     status = 400
     error = "bad_request"

@@ -21,6 +21,8 @@ RESPONSE_HOOKS: web.RequestKey[list[Callable[[web.StreamResponse], None]]] = web
 # Seconds until the app's response headers arrived (for the access log).
 UPSTREAM_SECONDS = web.RequestKey("authsidecar.upstream_seconds", float)
 REQUEST_ID = web.RequestKey("authsidecar.request_id", str)
+# Forward-auth: the login URL a 401 names in a header instead of redirecting (sidecar.proxy.verify).
+LOGIN_URL = web.RequestKey("authsidecar.login_url", str)
 IDENTITY = web.RequestKey("authsidecar.identity", Identity)
 # Route class for metrics and logs: proxy | websocket | auth | preflight | other.
 ROUTE_CLASS = web.RequestKey("authsidecar.route_class", str)

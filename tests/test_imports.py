@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "sidecar.observability": 1,
     "sidecar.oidc": 3, "sidecar.store": 3, "sidecar.auth": 4, "sidecar.proxy": 5, "sidecar.admin": 5,
     "sidecar.server": 6, "sidecar.app": 7, "sidecar.supervisor": 7, "sidecar.dev": 8, "sidecar.cli": 9,
+    "sidecar.inject": 7,
 }
 
 

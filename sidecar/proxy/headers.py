@@ -1,7 +1,8 @@
 """Headers between the client, the sidecar and the app: compiled once, then only looked up.
 
 :class:`HeaderPolicy` turns the client's request headers into the app's, and :func:`response_headers`
-turns the app's response headers into the client's. Both are pure: no I/O, no clock, no globals.
+turns the app's response headers into the client's. Both are pure: no I/O, no clock, no globals
+(the identity assertion, when on, comes from a signer that reads its own injected clock).
 
 Request side, in one pass over the incoming headers:
 
@@ -35,10 +36,14 @@ from typing import Any, Final, TypeVar
 
 from multidict import CIMultiDict, MultiMapping
 
+from sidecar.auth.assertion import AssertionSigner
 from sidecar.config import IdentityHeaderSettings
 from sidecar.identity import Identity
 
-__all__ = ["HOP_BY_HOP", "HeaderPolicy", "response_headers"]
+__all__ = ["APP_COOKIE", "HOP_BY_HOP", "HeaderPolicy", "response_headers"]
+
+# Forward-auth: the Cookie header the app should get (the sidecar's own cookies removed).
+APP_COOKIE: Final = "X-Authsidecar-Cookie"
 
 # RFC 9110 §7.6.1, plus Proxy-Connection (never standard, still sent by old clients).
 HOP_BY_HOP: Final = frozenset(
@@ -120,15 +125,19 @@ class HeaderPolicy:
         trusted_proxies: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
         *,
         cookie_filter: Callable[[str], str | None],
+        assertion: AssertionSigner | None = None,
     ) -> None:
         """``cookie_filter``: a ``Cookie`` header without the sidecar's own cookies (the session
-        store's ``CookieCache.for_app``, built from ``CookieNames``: the one list of those names)."""
+        store's ``CookieCache.for_app``, built from ``CookieNames``: the one list of those names).
+        ``assertion``: signs the identity assertion header, when it is enabled."""
+        self._assertion = assertion
         self._trusted = tuple(trusted_proxies)
         self._cookie_filter = cookie_filter
         self._forward_token = settings.forward_access_token
         mapped = (settings.user_id, settings.email, settings.groups, settings.username)
         self._identity_names = frozenset(
-            _normalize(n) for n in (*mapped, *settings.claims.values(), *settings.strip)
+            _normalize(n) for n in (*mapped, *settings.claims.values(), *settings.strip,
+                                    settings.assertion.header)
         ) | _FORWARDED_IDENTITY
         self._managed = frozenset(_normalize(n) for n in (*_ACTIONS, "content-length"))
         self._user_id, self._email, self._groups, self._username = mapped
@@ -139,6 +148,7 @@ class HeaderPolicy:
         self._connections: dict[str, frozenset[str] | None] = {}
         self._trust: dict[str, bool] = {}
         self._identities: dict[int, tuple[Identity, tuple[tuple[str, str], ...]]] = {}
+        self._auth_request: dict[int, tuple[Identity, tuple[tuple[str, str], ...]]] = {}
 
     # -- per request -------------------------------------------------------------------------------
 
@@ -158,7 +168,7 @@ class HeaderPolicy:
         actions = self._actions
         connection = incoming.get("Connection")
         named = self._connection_named(connection) if connection else None
-        trusted = peer is not None and self._is_trusted(peer)
+        trusted = self.is_trusted(peer)
         cookies: list[str] | None = None
         chain: list[str] | None = None
         proto = fwd_host = None
@@ -206,7 +216,9 @@ class HeaderPolicy:
         out.append(("X-Forwarded-Host", fwd_host or host))
         out.append(("X-Request-Id", request_id))
         if identity is not None:
-            out.extend(self._identity_headers(identity))
+            out.extend(self.identity_headers(identity))
+            if self._assertion is not None:
+                out.append((self._assertion.header, self._assertion.assertion(identity)))
             if self._forward_token and access_token:
                 out.append(("Authorization", "Bearer " + _clean(access_token)))
         return CIMultiDict(out)
@@ -261,12 +273,54 @@ class HeaderPolicy:
                 trusted = any(ip in net for net in self._trusted)
         return _remember(self._trust, address, trusted)
 
-    def _identity_headers(self, identity: Identity) -> tuple[tuple[str, str], ...]:
+    def is_trusted(self, peer: str | None) -> bool:
+        """Whether ``peer`` is one of ``trusted_proxies`` (whose forwarding headers are believed)."""
+        return peer is not None and self._is_trusted(peer)
+
+    def verify_headers(self, identity: Identity, access_token: str,
+                       cookies: list[str]) -> list[tuple[str, str]]:
+        """The response headers of a forward-auth 200: the ``X-User-*`` block, oauth2-proxy's
+        ``X-Auth-Request-*`` names, the assertion, the access token only when forwarded, and
+        ``X-Authsidecar-Cookie``: the request's ``Cookie`` without the sidecar's own cookies, for
+        the gateway to send the app instead (the app never sees the session's tokens).
+
+        Every identity header is present, empty when the identity has no value: a gateway that
+        copies a named header would otherwise leave the client's own (or, Caddy before 2.7, its
+        placeholder's text) in place.
+        """
+        entry = self._auth_request.get(id(identity))
+        if entry is not None and entry[0] is identity:
+            block = entry[1]
+        else:
+            values = [
+                ("X-Auth-Request-User", identity.sub),
+                ("X-Auth-Request-Email", identity.email),
+                ("X-Auth-Request-Groups", ",".join(identity.groups)),
+                ("X-Auth-Request-Preferred-Username", identity.username),
+            ]
+            block = tuple((n, _clean(v or "")) for n, v in (*self._identity_values(identity), *values))
+            _remember(self._auth_request, id(identity), (identity, block))
+        out = list(block)
+        cookie = self._cookie_filter("; ".join(cookies)) if cookies else None
+        out.append((APP_COOKIE, cookie or ""))
+        if self._assertion is not None:
+            out.append((self._assertion.header, self._assertion.assertion(identity)))
+        if self._forward_token:
+            out.append(("X-Auth-Request-Access-Token", _clean(access_token)))
+        return out
+
+    def identity_headers(self, identity: Identity) -> tuple[tuple[str, str], ...]:
+        """The ``X-User-*`` block for ``identity`` (names from the settings), cached per object."""
         # Identities are cached per token upstream, so the same object comes back request after
         # request. The entry holds the object itself: its id cannot be reused while it is cached.
         entry = self._identities.get(id(identity))
         if entry is not None and entry[0] is identity:
             return entry[1]
+        block = tuple((name, _clean(v)) for name, v in self._identity_values(identity) if v)
+        _remember(self._identities, id(identity), (identity, block))
+        return block
+
+    def _identity_values(self, identity: Identity) -> list[tuple[str, str | None]]:
         values = [
             (self._user_id, identity.sub),
             (self._email, identity.email),
@@ -275,9 +329,7 @@ class HeaderPolicy:
         ]
         claims = identity.claims
         values.extend((header, _claim_text(claims.get(claim))) for claim, header in self._claim_headers)
-        block = tuple((name, _clean(v)) for name, v in values if v)
-        _remember(self._identities, id(identity), (identity, block))
-        return block
+        return values
 
 
 def response_headers(upstream: Mapping[str, str] | Iterable[tuple[str, str]]) -> CIMultiDict[str]:

@@ -28,7 +28,7 @@ from sidecar.errors import (
     TokenRejected,
     UpstreamError,
 )
-from sidecar.keys import IDENTITY, REQUEST_ID, RESPONSE_HOOKS, ROUTE_CLASS, UPSTREAM_SECONDS
+from sidecar.keys import IDENTITY, LOGIN_URL, REQUEST_ID, RESPONSE_HOOKS, ROUTE_CLASS, UPSTREAM_SECONDS
 from sidecar.observability import AccessLog, Logger, Metrics
 from sidecar.proxy.cors import CorsPolicy
 from sidecar.store.base import StoreUnavailable
@@ -40,6 +40,8 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 NO_STORE = "no-store"
 # A reason our own code put into an HTTPException's text: a short fixed identifier.
 _REASON = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# Where a forward-auth 401 names the login URL (the gateway's error page sends the browser there).
+LOGIN_HEADER: Final = "X-Authsidecar-Login"
 # Headers of an HTTPException that describe its plain-text body, replaced by the JSON one's.
 _BODY_HEADERS: Final = frozenset({"content-type", "content-length", "content-encoding"})
 
@@ -69,7 +71,10 @@ class ErrorMapper:
     def response(self, request: web.Request, exc: SidecarError) -> web.Response:
         if isinstance(exc, (RefreshFailed, TokenRejected)):
             reason = exc.reason
-            if is_navigation(request):
+            # Forward-auth never redirects: nginx's auth_request takes only 2xx, 401 and 403, and
+            # the gateway's own error page sends the browser to the login URL named below.
+            login = request.get(LOGIN_URL)
+            if login is None and is_navigation(request):
                 # As sent: the decoded form would turn `q=a%26b` into two parameters on the way back.
                 target = self.public_origin + request.rel_url.raw_path_qs
                 location = f"{self.login_path}?return_to={quote(target, safe='')}"
@@ -78,6 +83,8 @@ class ErrorMapper:
                 resp = _json(401, "unauthorized", reason)
                 error = "" if reason == "missing" else ', error="invalid_token"'
                 resp.headers["WWW-Authenticate"] = f'Bearer realm="authsidecar"{error}'
+                if login is not None:
+                    resp.headers[LOGIN_HEADER] = login
             return resp
         if isinstance(exc, FlowRejected):
             return _page_or_json(request, 400, exc.error, exc.reason, "The sign-in could not be completed.")

@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlsplit
 
 import yaml
@@ -60,6 +60,8 @@ def config_key_for_env(name: str) -> str:
         if part not in fields:
             raise KeyError(f"{name}: no config key {'.'.join(parts[: i + 1])}")
         annotation = fields[part].annotation
+        # An optional section (`upstream: UpstreamSettings | None`) has the section's sub-keys.
+        annotation = next((a for a in get_args(annotation) if a is not type(None)), annotation)
         if not last:
             if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
                 raise KeyError(f"{name}: {'.'.join(parts[: i + 1])} has no sub-keys")
