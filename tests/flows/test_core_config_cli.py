@@ -161,6 +161,12 @@ REFUSED = [
     pytest.param(config(logout={"redirect_url": "https://elsewhere.example.com/bye"}),
                  ["logout.redirect_url: 'https://elsewhere.example.com/bye' is not on app_url's origin"],
                  id="logout-redirect-to-another-origin"),
+    pytest.param(config(oidc={"global_sign_out": True}),
+                 ["oidc.global_sign_out: true needs 'aws.cognito.signin.user.admin' in oidc.scopes"],
+                 id="global-sign-out-without-the-admin-scope"),
+    pytest.param(config(oidc={"global_sign_out": True, "scopes": ["openid", "aws.cognito.signin.user"]}),
+                 ["oidc.global_sign_out: true needs 'aws.cognito.signin.user.admin' in oidc.scopes"],
+                 id="global-sign-out-with-a-scope-that-only-looks-like-it"),
     # All problems in one round: a field error does not hide a cross-key error.
     pytest.param(config(listen={"port": "eighty"}, cookies={"host_prefix": True},
                         csrf={"cookie_domain": "example.com"}),
