@@ -179,6 +179,19 @@ def _cognito_domain(s: Settings) -> Iterator[Problem]:
         yield "oidc.cognito_domain", "required for a Cognito issuer (the Hosted UI domain)"
 
 
+# Cognito authorizes GlobalSignOut with the user's access token and refuses it (NotAuthorizedException)
+# unless that token carries this scope; without it every logout's GlobalSignOut would fail silently.
+COGNITO_ADMIN_SCOPE = "aws.cognito.signin.user.admin"
+
+
+@_reads("oidc.global_sign_out", "oidc.scopes")
+def _global_sign_out_scope(s: Settings) -> Iterator[Problem]:
+    if s.oidc.global_sign_out and COGNITO_ADMIN_SCOPE not in s.oidc.scopes:
+        yield ("oidc.global_sign_out",
+               f"true needs {COGNITO_ADMIN_SCOPE!r} in oidc.scopes (Cognito refuses GlobalSignOut for an "
+               "access token without it); add it there and to the app client's allowed scopes")
+
+
 @_reads("logout.redirect_url", "app_url", "allowed_return_origins")
 def _logout_redirect(s: Settings) -> Iterator[Problem]:
     url = s.logout.redirect_url

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from urllib.parse import quote
 
 import aiohttp
@@ -263,15 +264,25 @@ async def test_global_sign_out_ends_every_session_of_the_user(make_stack: StackF
 
 
 async def test_a_refused_global_sign_out_does_not_stop_the_logout(make_stack: StackFactory) -> None:
-    # Without the admin scope Cognito refuses GlobalSignOut; the local logout goes on.
-    stack = await make_stack(oidc={"global_sign_out": True})
+    # The user already signed out everywhere from another device: Cognito refuses GlobalSignOut for
+    # the now revoked access token (NotAuthorizedException); the local logout goes on.
+    stack = await make_stack(oidc={"global_sign_out": True, "scopes": ADMIN_SCOPES})
     browser = await _logged_in(stack)
+    phone = await _logged_in(stack)
+    phone_token = stack.cookie(phone, "access_token")
+    assert phone_token is not None
+    async with aiohttp.ClientSession() as elsewhere:
+        signed_out = await elsewhere.post(
+            stack.provider.url("/"), data=json.dumps({"AccessToken": phone_token}),
+            headers={"X-Amz-Target": "AWSCognitoIdentityProviderService.GlobalSignOut",
+                     "Content-Type": "application/x-amz-json-1.1"})
+        assert signed_out.status == 200
 
     answer = await browser.get(stack.url("/auth/logout"), headers=_spa_headers(stack), allow_redirects=False)
 
     assert answer.status == 302
     assert set_cookie_map(answer)["access_token"].clears
-    assert stack.provider.calls["global_sign_out"] == 1
+    assert stack.provider.calls["global_sign_out"] == 2  # the phone's, then the refused one
     assert stack.metric("authsidecar_flow_events_total", event="logout",
                         outcome="global_sign_out_failed") == 1
 

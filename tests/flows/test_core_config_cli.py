@@ -170,6 +170,12 @@ REFUSED = [
     pytest.param(config(store={"backend": "valkey"}), ["store.backend: "], id="unknown-store-backend"),
     pytest.param(config(sessions={"mode": "server"}), ["sessions.mode: server needs store.backend: redis"],
                  id="server-sessions-without-redis"),
+    pytest.param(config(oidc={"global_sign_out": True}),
+                 ["oidc.global_sign_out: true needs 'aws.cognito.signin.user.admin' in oidc.scopes"],
+                 id="global-sign-out-without-the-admin-scope"),
+    pytest.param(config(oidc={"global_sign_out": True, "scopes": ["openid", "aws.cognito.signin.user"]}),
+                 ["oidc.global_sign_out: true needs 'aws.cognito.signin.user.admin' in oidc.scopes"],
+                 id="global-sign-out-with-a-scope-that-only-looks-like-it"),
     # All problems in one round: a field error does not hide a cross-key error.
     pytest.param(config(listen={"port": "eighty"}, cookies={"host_prefix": True},
                         csrf={"cookie_domain": "example.com"}),
