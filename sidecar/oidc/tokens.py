@@ -8,14 +8,14 @@ never reach a verifier). jwcrypto's own claim checks are not used because they r
 Every failure is a :class:`~sidecar.errors.TokenRejected` with one of these fixed reasons:
 ``malformed`` ``bad_algorithm`` ``unknown_kid`` ``bad_signature`` ``expired`` ``not_yet_valid``
 ``wrong_issuer`` ``wrong_audience`` ``wrong_token_use`` ``nonce_mismatch`` ``missing_claim``.
+A required claim that is absent is ``missing_claim``; one present with the wrong JSON type is
+``malformed``; one with the wrong value gets its specific reason. The nonce is the exception: when
+one is expected, anything but an exact match (absent included) is ``nonce_mismatch``.
 
 A cache miss does the JOSE work once (RFC 7515 §5.2): the segments are checked for shape, the header
 and the payload are each decoded once, and jwcrypto's algorithm (``JWA.signing_alg``, built once per
 allowed algorithm) verifies the signature over the token's own bytes up to the second dot, with the
 key converted once per JWKS fetch (``sidecar.oidc.jwks``). Nothing is re-encoded or copied.
-A required claim that is absent is ``missing_claim``; one present with the wrong JSON type is
-``malformed``; one with the wrong value gets its specific reason. The nonce is the exception: when
-one is expected, anything but an exact match (absent included) is ``nonce_mismatch``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import hashlib
 import hmac
 import json
 import math
-import re
 import sys
 import time
 from collections import OrderedDict
@@ -45,7 +44,6 @@ from sidecar.oidc.jwks import JwksCache, accepts
 
 MAX_TOKEN_LENGTH = shape.MAX_TOKEN
 _ACCESS, _ID, _FORGED = b"access\0", b"id\0", b"forged\0"
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 # Tokens remembered as forged (a known kid, a signature that does not verify): a replay flood then
 # costs a digest and a lookup, not a verification. An entry is a 32-byte digest in an ordered dict,
 # about 150 bytes: 16,384 entries (a flood of 10,000 distinct tokens fits) stay under 2.5 MiB
