@@ -22,7 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from fixture import CLIENT_ID, Fixture, refresh_cookies, start_fixture, user_cookies, write_lines
+from fixture import (
+    CLIENT_ID,
+    Fixture,
+    bearer_lines,
+    forged_lines,
+    garbage_lines,
+    refresh_cookies,
+    start_fixture,
+    user_cookies,
+    write_lines,
+)
 from loads import openloop, websocket, wrk
 from procs import (
     LOAD_CORE,
@@ -42,6 +52,7 @@ from targets import (
     CACHE_SIZE,
     Target,
     free_port,
+    start_apache,
     start_bare,
     start_haproxy,
     start_nginx,
@@ -70,6 +81,8 @@ class Plan:
         self.openloop_rounds = 2 if quick else 3
         self.users = 2000 if quick else 10_000
         self.sessions = 5000 if quick else 20_000
+        self.forged = 10_000  # as the issue measured: a flood of that many distinct forged tokens
+        self.garbage = 2000
 
 
 class Bench:
@@ -114,6 +127,18 @@ class Bench:
             self.files["refresh"] = write_lines(
                 self.workdir / "refresh.txt", refresh_cookies(fx.provider, self.plan.sessions)
             )
+        if "cold" in self.scenario_keys:
+            self.files["cold"] = write_lines(
+                self.workdir / "cold.txt", bearer_lines(fx.provider, self.plan.users)
+            )
+        if "forged" in self.scenario_keys:
+            self.files["forged"] = write_lines(
+                self.workdir / "forged.txt", forged_lines(fx.provider, self.plan.forged)
+            )
+        if "garbage" in self.scenario_keys:
+            self.files["garbage"] = write_lines(
+                self.workdir / "garbage.txt", garbage_lines(fx.provider, self.plan.garbage)
+            )
         body = self.workdir / "body-1MiB.bin"
         body.write_bytes(os.urandom(1024 * 1024))
         self.files["body"] = body
@@ -129,9 +154,20 @@ class Bench:
                 "bare": lambda: start_bare(wd, up, workers=n),
                 "haproxy-jwt": lambda: start_haproxy(wd, up, fx.issuer, CLIENT_ID, fx.public_pem, workers=n),
                 "nginx": lambda: start_nginx(wd, up, workers=n),
+                # The validation cache off: the truly cold scenario.
+                "authsidecar-nocache": lambda: start_sidecar(
+                    wd, up, fx.issuer, CLIENT_ID, name="authsidecar-nocache", cache_size=0
+                ),
+                "apache-oidc": lambda: start_apache(wd, up, fx.issuer, CLIENT_ID, fx.public_pem, fx.kid),
             }
 
-        plan = [(name, start) for name, start in starters(1).items() if name in wanted]
+        # Targets only some scenarios use are started for those only.
+        needed = {n for k in self.scenario_keys for n in BY_KEY[k].targets}
+        only_for = {"authsidecar-nocache", "apache-oidc"}
+        plan = [
+            (name, start) for name, start in starters(1).items()
+            if name in wanted and (name not in only_for or name in needed)
+        ]
         if any(BY_KEY[k].workers == 2 for k in self.scenario_keys):
             two = set(BY_KEY["cookie-2w"].targets)
             plan += [(f"{name}-2w", start) for name, start in starters(2).items() if f"{name}-2w" in two]
@@ -141,8 +177,8 @@ class Bench:
             target = await start()
             if target is None:
                 self.notes.append(
-                    f"{name}: not installed, its rows are missing "
-                    "(as root: `apt-get install -y --no-install-recommends wrk haproxy nginx`)."
+                    f"{name}: not installed, its rows are missing (as root: `apt-get install -y "
+                    "--no-install-recommends wrk haproxy nginx apache2 libapache2-mod-auth-openidc`)."
                 )
                 continue
             self.procs.append(target.proc)
@@ -191,11 +227,18 @@ class Bench:
         assert fx is not None
         if sc.key in ("users", "refresh"):
             return {"BENCH_LINES": str(self.files[sc.key]), "BENCH_OFFSET": str(self.offset[sc.key, target])}
+        if sc.key in ("cold", "forged", "garbage"):
+            return {"BENCH_LINES": str(self.files[sc.key]), "BENCH_OFFSET": str(self.offset[sc.key, target]),
+                    "BENCH_HEADER": "Authorization"}
         if sc.key == "bearer":
             return {"BENCH_TOKEN": fx.bearer}
         if sc.key == "upload":
             return {"BENCH_TOKEN": fx.bearer, "BENCH_BODY_FILE": str(self.files["body"])}
         return {"BENCH_COOKIE": fx.cookie}
+
+    def env_of(self, key: str, target: str = "") -> dict[str, str]:
+        """The environment of scenario ``key``'s wrk script (for the profiler)."""
+        return self._env(BY_KEY[key], target)
 
     async def load(self, sc: Scenario, target: Target, seconds: float) -> dict[str, float]:
         fx = self.fixture
@@ -223,6 +266,10 @@ class Bench:
         # A target's rotation continues where its last run stopped (plus the requests still in flight
         # at its end), so that for it the rotation stays one long cycle.
         self.offset[sc.key, target.name] += int(result["count"]) + sc.connections
+        if sc.refused:
+            # Refusals are the expected answer here (wrk counts them as errors): reported apart.
+            result["refused"] = result["bad_status"]
+            result["errors"] -= result["bad_status"]
         return result
 
     async def _counters(self, target: Target) -> dict[str, float]:
@@ -255,9 +302,11 @@ class Bench:
             extra["mbytes_per_s"] = result["rate"] * self.files["body"].stat().st_size / 1e6
         if counters and count:
             after = await self._counters(target)
-            if sc.key in ("users", "cookie"):
+            if sc.key in ("users", "cookie", "cold", "forged"):
                 name = "token_validation_cache_total"
                 extra["misses_per_req"] = (after.get(name, 0) - counters.get(name, 0)) / count
+        if sc.refused and count:
+            extra["refused_per_req"] = result["refused"] / count
         if sc.key == "refresh" and count:
             done = fx.provider.calls["token:refresh_token"] - refreshes
             extra["refreshes_per_req"] = done / count
@@ -327,7 +376,8 @@ class Bench:
             mem[f"after {sc.key}"] = rss
             print(f"[bench]   {name:<22} RSS after {sc.key}: {rss:.1f} MiB", flush=True)
         about = sc.about.format(
-            users=f"{self.plan.users:,}", cache=f"{CACHE_SIZE:,}", sessions=f"{self.plan.sessions:,}"
+            users=f"{self.plan.users:,}", cache=f"{CACHE_SIZE:,}", sessions=f"{self.plan.sessions:,}",
+            forged=f"{self.plan.forged:,}", garbage=f"{self.plan.garbage:,}",
         )
         if sc.kind == "openloop":
             about += f" Rate: {self.half_rate:,.0f} requests/s."

@@ -1,7 +1,7 @@
-"""py-spy on the running sidecar under the cookie load, summarised as Markdown tables.
+"""py-spy on the running sidecar under a load (the cookie one, or the truly cold one), as Markdown tables.
 
-Writes the folded stacks (``out/profile-cookie.folded``, loadable in speedscope) and a flame graph
-(``out/profile-cookie.svg``), and returns the tables for RESULTS.md:
+Writes the folded stacks (``out/profile-<load>.folded``, loadable in speedscope) and a flame graph
+(``out/profile-<load>.svg``), and returns the tables for RESULTS.md:
 
 * time by package (leaf frames: where the CPU actually was);
 * authsidecar's own functions: *inclusive* (on the stack) and *attributed* (the deepest authsidecar
@@ -27,8 +27,12 @@ from targets import Target
 _FRAME = re.compile(r"^(?P<name>.*) \((?P<path>[^()]*?)(?::\d+)?\)$")
 
 
+# This checkout, wherever it lives: its files are authsidecar's own.
+_REPO = str(Path(__file__).resolve().parents[1]) + "/"
+
+
 def _short(path: str) -> str:
-    for marker in ("site-packages/", "/work/main/", "/lib/python3.11/"):
+    for marker in ("site-packages/", _REPO, "/lib/python3.11/"):
         if marker in path:
             return path.split(marker, 1)[1]
     return path
@@ -159,15 +163,23 @@ async def profile_sidecar(
     target: Target, cookie: str, seconds: float, workdir: Path, outdir: Path
 ) -> list[str]:
     """Record ``seconds`` of the sidecar under the cookie load; return the Markdown summary."""
+    return await profile_load(target, "cookie", "cookie.lua", {"BENCH_COOKIE": cookie}, seconds, workdir,
+                              outdir)
+
+
+async def profile_load(
+    target: Target, label: str, script: str, env: dict[str, str], seconds: float, workdir: Path,
+    outdir: Path,
+) -> list[str]:
+    """Record ``seconds`` of ``target`` under wrk running ``script``; return the Markdown summary."""
     if _pyspy() is None:
         return ["py-spy is not installed (`.venv/bin/pip install py-spy`): no profile."]
     _mkdir(outdir)
-    folded, svg = outdir / "profile-cookie.folded", outdir / "profile-cookie.svg"
-    env = {"BENCH_COOKIE": cookie}
+    folded, svg = outdir / f"profile-{label}.folded", outdir / f"profile-{label}.svg"
     rates = []
     for fmt, out, secs in (("raw", folded, seconds), ("flamegraph", svg, max(2.0, seconds / 2))):
         load = asyncio.create_task(
-            wrk(target.url + "/", "cookie.lua", seconds=secs + 2, connections=64, env=env)
+            wrk(target.url + "/", script, seconds=secs + 2, connections=64, env=env)
         )
         await asyncio.sleep(0.5)
         try:
@@ -175,7 +187,7 @@ async def profile_sidecar(
         finally:
             rates.append((await load)["rate"])
     lines = [
-        f"`py-spy record --nonblocking --rate 200` for {seconds:.0f} s while wrk ran the cookie load "
+        f"`py-spy record --nonblocking --rate 200` for {seconds:.0f} s while wrk ran the {label} load "
         f"({rates[0]:,.0f} req/s while sampled); folded stacks in `bench/out/{folded.name}`, "
         f"flame graph in `bench/out/{svg.name}`.",
         "",

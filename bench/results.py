@@ -25,6 +25,10 @@ PAIRS = (
     ("authsidecar", "haproxy-jwt"),
     ("authsidecar", "nginx"),
     ("authsidecar", "authsidecar-quiet"),
+    ("authsidecar", "apache-oidc"),
+    ("authsidecar-nocache", "bare"),
+    ("authsidecar-nocache", "haproxy-jwt"),
+    ("authsidecar-nocache", "apache-oidc"),
 )
 BAD_ERRORS = 0.01  # a slice with more than 1% failed requests is flagged
 
@@ -243,6 +247,9 @@ def render(run: dict[str, Any]) -> str:
         ]
     if run.get("profile"):
         lines += ["", "## Profile of authsidecar under the cookie load (py-spy)", ""] + run["profile"]
+    if run.get("profile_cold"):
+        title = "## Profile of authsidecar-nocache under the cold load (py-spy)"
+        lines += ["", title, ""] + run["profile_cold"]
     lines += ["", "## Notes", ""] + [f"- {n}" for n in run["notes"]]
     return "\n".join(lines) + "\n"
 
@@ -253,7 +260,9 @@ def _scenario(key: str, sc: dict[str, Any]) -> list[str]:
     lines = ["", f"## {spec.title} (`{key}`)", "", sc["about"], ""]
     extra_cols = [
         c
-        for c in ("misses_per_req", "refreshes_per_req", "provider_cpu_us", "sender_lag_p99")
+        for c in (
+            "misses_per_req", "refused_per_req", "refreshes_per_req", "provider_cpu_us", "sender_lag_p99"
+        )
         if any(c in row for row in sc["summary"].values())
     ]
     head = f"| target | {unit} | range | p50 | p99 | p99.9 | CPU µs/{'msg' if spec.kind == 'ws' else 'req'} |"
@@ -264,6 +273,7 @@ def _scenario(key: str, sc: dict[str, Any]) -> list[str]:
     for c in extra_cols:
         head += {
             "misses_per_req": " cache misses/req |",
+            "refused_per_req": " refused/req |",
             "refreshes_per_req": " refreshes/req |",
             "provider_cpu_us": " provider CPU µs/refresh |",
             "sender_lag_p99": " generator lag p99 |",

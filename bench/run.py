@@ -28,7 +28,7 @@ from typing import Any
 from bigupload import upload_rss
 from harness import BENCH, Bench
 from procs import LOAD_CORE, TARGET_CORE
-from profiling import profile_sidecar
+from profiling import profile_load, profile_sidecar
 from results import machine, render
 from scenarios import BY_KEY, SCENARIOS
 
@@ -48,7 +48,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--targets",
-        default="authsidecar,authsidecar-quiet,bare,haproxy-jwt,nginx",
+        default="authsidecar,authsidecar-quiet,authsidecar-nocache,bare,haproxy-jwt,nginx,apache-oidc",
         help="comma-separated subset of the default",
     )
     parser.add_argument(
@@ -57,6 +57,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         default=0.0,
         metavar="SECONDS",
         help="also profile authsidecar under the cookie load with py-spy for SECONDS",
+    )
+    parser.add_argument(
+        "--profile-cold",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="also profile authsidecar-nocache under the cold load (scenario cold) for SECONDS",
     )
     parser.add_argument("--out", type=Path, default=BENCH / "RESULTS.md")
     parser.add_argument("--max-minutes", type=float, default=15.0, help="stop starting new rounds after this")
@@ -145,6 +152,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             print(f"[bench] profile: py-spy for {args.profile:.0f}s under the cookie load", flush=True)
             run["profile"] = await profile_sidecar(
                 bench.targets["authsidecar"], bench.fixture.cookie, args.profile, workdir, BENCH / "out"
+            )
+        if args.profile_cold > 0 and "authsidecar-nocache" in bench.targets:
+            print(f"[bench] profile: py-spy for {args.profile_cold:.0f}s under the cold load", flush=True)
+            run["profile_cold"] = await profile_load(
+                bench.targets["authsidecar-nocache"], "cold", "rotate.lua", bench.env_of("cold"),
+                args.profile_cold, workdir, BENCH / "out",
             )
         ok = True
     finally:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ALL_TARGETS = ("authsidecar", "bare", "haproxy-jwt", "nginx")
+# The C peers that verify tokens: HAProxy jwt_verify and Apache mod_auth_openidc (oauth20 mode).
+C_PEERS = ("haproxy-jwt", "apache-oidc")
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,9 @@ class Scenario:
     headline: bool = False  # more rounds: the ratios everyone quotes come from here
     rate_of: str = ""  # open loop: half the cookie-scenario throughput of this target
     workers: int = 1  # its targets run this many workers (needs authsidecar serve --workers)
+    # Every answer of a validating target is a refusal (401/400): not counted as an error, but
+    # reported per request (a target that let one through would show below 1.00).
+    refused: bool = False
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -69,6 +74,41 @@ SCENARIOS: tuple[Scenario, ...] = (
         "wrk",
         ("authsidecar", "bare", "haproxy-jwt"),
         script="rotate.lua",
+    ),
+    Scenario(
+        "cold",
+        "Truly cold: every request a verification",
+        "GET / with `Authorization: Bearer` and the access token of one of {users} distinct users, "
+        "in rotation. authsidecar runs with `tokens.validation_cache_size: 0` "
+        "(`authsidecar-nocache`): every request is a full RS256 verification, claim checks and "
+        "identity, as for HAProxy and Apache mod_auth_openidc, which verify every token in C. "
+        "bare is there for the ratio.",
+        "wrk",
+        ("authsidecar-nocache", "bare", *C_PEERS),
+        script="rotate.lua",
+    ),
+    Scenario(
+        "forged",
+        "Forged tokens: a known kid, a signature that does not verify",
+        "GET / with `Authorization: Bearer` and one of {forged} distinct forged tokens in rotation: "
+        "real users' headers and claims, each with another token's signature (valid base64url, the "
+        "provider's kid). authsidecar (default cache) verifies each once and then remembers it as "
+        "forged (16,384 entries); the C peers verify every time. Every answer is a 401.",
+        "wrk",
+        ("authsidecar", "bare", *C_PEERS),
+        script="rotate.lua",
+        refused=True,
+    ),
+    Scenario(
+        "garbage",
+        "Garbage credentials: invalid shapes",
+        "GET / with `Authorization: Bearer` and one of {garbage} malformed values in rotation: bytes "
+        "that are not UTF-8, Latin-1, two or four segments, characters outside base64url, a header "
+        "that is not JSON, 6 KB of junk. Refused before anything hashes or decodes them.",
+        "wrk",
+        ("authsidecar", "bare", *C_PEERS),
+        script="rotate.lua",
+        refused=True,
     ),
     Scenario(
         "refresh",

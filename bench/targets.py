@@ -4,11 +4,14 @@
 * ``bare``         bench/bare_proxy.py: aiohttp with no auth (the floor of this design)
 * ``haproxy-jwt``  HAProxy with ``jwt_verify`` (RS256, the provider's key as PEM): the C reference
 * ``nginx``        nginx ``proxy_pass``, no auth: the C floor
+* ``apache-oidc``  Apache httpd with mod_auth_openidc in its OAuth 2.0 resource-server mode
+                   (``AuthType oauth20``): every Bearer token verified in C with the provider's key
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import shutil
 import sys
@@ -77,6 +80,7 @@ def sidecar_config(
     client_id: str,
     name: str = "authsidecar",
     level: str = "info",
+    cache_size: int = CACHE_SIZE,
 ) -> Path:
     base = f"http://127.0.0.1:{port}"
     config = {
@@ -96,7 +100,7 @@ def sidecar_config(
         # refresh_token_path "/": the refresh token rides with every request, so an expired access
         # token is refreshed transparently on any path (the refresh scenario).
         "cookies": {"secure": False, "secret": secrets.token_urlsafe(48), "refresh_token_path": "/"},
-        "tokens": {"validation_cache_size": CACHE_SIZE},
+        "tokens": {"validation_cache_size": cache_size},
         "logging": {"level": level, "format": "json"},
     }
     path = workdir / f"{name}.yaml"
@@ -117,6 +121,7 @@ async def start_sidecar(
     name: str = "authsidecar",
     level: str = "info",
     workers: int = 1,
+    cache_size: int = CACHE_SIZE,
 ) -> Target:
     cores, suffix = _placement(workers)
     name += suffix
@@ -130,6 +135,7 @@ async def start_sidecar(
         client_id=client_id,
         name=name,
         level=level,
+        cache_size=cache_size,
     )
     cmd = [str(VENV_BIN / "authsidecar"), "serve", "--config", str(config)]
     if workers > 1:
@@ -313,4 +319,96 @@ async def start_nginx(workdir: Path, upstream: str, workers: int = 1) -> Target 
         auth=False,
         version=version.split(": ")[-1] + (f", {workers} workers" if workers > 1 else ""),
         on_target_core=workers == 1,
+    )
+
+
+APACHE_MODULES = Path("/usr/lib/apache2/modules")
+APACHE_CFG = """\
+ServerRoot {dir}
+ServerName 127.0.0.1
+Listen 127.0.0.1:{port}
+PidFile {dir}/httpd.pid
+DefaultRuntimeDir {dir}
+Mutex file:{dir} default
+ErrorLog {dir}/error.log
+LogLevel warn
+User {user}
+Group {group}
+LoadModule mpm_event_module {mods}/mod_mpm_event.so
+LoadModule authz_core_module {mods}/mod_authz_core.so
+LoadModule authn_core_module {mods}/mod_authn_core.so
+LoadModule headers_module {mods}/mod_headers.so
+LoadModule proxy_module {mods}/mod_proxy.so
+LoadModule proxy_http_module {mods}/mod_proxy_http.so
+LoadModule auth_openidc_module {mods}/mod_auth_openidc.so
+# One process with a pool of threads: one worker, like the other single-worker targets.
+StartServers 1
+ServerLimit 1
+ThreadLimit 64
+ThreadsPerChild 64
+MaxRequestWorkers 64
+MaxConnectionsPerChild 0
+KeepAlive On
+MaxKeepAliveRequests 0
+LimitRequestFieldSize 16384
+
+OIDCCryptoPassphrase {passphrase}
+# The provider's signing key under its kid, as HAProxy gets it: mod_auth_openidc fetches a JWKS
+# over https only, and the dev provider speaks http.
+OIDCOAuthVerifyCertFiles {kid}#{pem}
+OIDCOAuthAcceptTokenAs header
+OIDCOAuthRemoteUserClaim sub
+OIDCOAuthTokenExpiryClaim exp absolute mandatory
+OIDCPassClaimsAs environment
+
+<Location />
+    AuthType oauth20
+    # Claims, as authsidecar checks them for a Cognito access token.
+    <RequireAll>
+        Require claim iss:{issuer}
+        Require claim token_use:access
+        Require claim client_id:{client_id}
+    </RequireAll>
+    # Client-sent identity headers never reach the app.
+    RequestHeader unset X-User-Email
+    RequestHeader unset X-User-Groups
+    RequestHeader set X-User-Id "%{{OIDC_CLAIM_sub}}e"
+    RequestHeader set X-User-Name "%{{OIDC_CLAIM_username}}e"
+</Location>
+ProxyPass / {upstream}/ keepalive=On
+ProxyPassReverse / {upstream}/
+"""
+
+
+async def start_apache(
+    workdir: Path, upstream: str, issuer: str, client_id: str, pem: Path, kid: str
+) -> Target | None:
+    exe = shutil.which("apache2") or shutil.which("httpd")
+    if exe is None or not (APACHE_MODULES / "mod_auth_openidc.so").exists():
+        return None
+    port = free_port()
+    adir = workdir / "apache"
+    adir.mkdir(exist_ok=True)
+    adir.chmod(0o777)  # the threads run as an unprivileged user when started as root
+    user = "www-data" if os.geteuid() == 0 else "#" + str(os.geteuid())
+    group = "www-data" if os.geteuid() == 0 else "#" + str(os.getegid())
+    cfg = adir / "httpd.conf"
+    cfg.write_text(APACHE_CFG.format(
+        dir=adir, port=port, mods=APACHE_MODULES, issuer=issuer, client_id=client_id, upstream=upstream,
+        pem=pem, kid=kid,
+        passphrase=secrets.token_urlsafe(32), user=user, group=group,
+    ))
+    code, text = await output([exe, "-t", "-f", str(cfg)])
+    if code != 0:
+        raise RuntimeError(f"apache config refused:\n{text}")
+    proc = spawn("apache-oidc", [exe, "-f", str(cfg), "-DFOREGROUND"], TARGET_CORE, workdir)
+    await wait_http(f"http://127.0.0.1:{port}/", {401}, proc)
+    version = (await output([exe, "-v"]))[1].split("\n")[0].split(": ")[-1]
+    module = (await output(["dpkg-query", "-W", "-f", "${Version}", "libapache2-mod-auth-openidc"]))[1]
+    return Target(
+        "apache-oidc",
+        f"http://127.0.0.1:{port}",
+        proc,
+        auth=True,
+        version=f"{version}, mod_auth_openidc {module.strip()}",
     )

@@ -7,9 +7,21 @@ and the minting side and the checking side always agree on "now".
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Hypothesis profiles. "ci" (the default): derandomized and bounded, so the suite stays fast and a
+# failure replays identically; "long" for local hunting: AUTHSIDECAR_HYPOTHESIS_PROFILE=long.
+# Request fuzzing shares one running stack across examples on purpose (the process must survive
+# them all), hence the function-scoped fixture check is off.
+_SHARED_STACK = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+settings.register_profile("ci", max_examples=300, derandomize=True, deadline=None, database=None,
+                          suppress_health_check=_SHARED_STACK, print_blob=True)
+settings.register_profile("long", max_examples=5000, deadline=None, suppress_health_check=_SHARED_STACK)
+settings.load_profile(os.environ.get("AUTHSIDECAR_HYPOTHESIS_PROFILE", "ci"))
 
 # 2023-11-14T22:13:20Z: a fixed, round instant for tests that compare timestamps exactly.
 START = 1_700_000_000.0

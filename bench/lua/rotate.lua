@@ -1,5 +1,6 @@
--- Many sessions in rotation: request i carries line i of BENCH_LINES as its Cookie header
--- (10,000 users' tokens: validation cache cold; or expired sessions with live refresh tokens).
+-- Many sessions in rotation: request i carries line i of BENCH_LINES as its Cookie header, or as the
+-- header BENCH_HEADER names (10,000 users' tokens: validation cache cold; expired sessions with live
+-- refresh tokens; forged or malformed Authorization values). Lines are bytes: anything but CR and LF.
 -- Each run starts at line BENCH_OFFSET (the harness moves it on after every run, so consecutive runs
 -- continue the rotation instead of repeating its start); each wrk thread at its own offset.
 dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "summary.lua")
@@ -9,6 +10,7 @@ for line in io.lines(path) do
    values[#values + 1] = line
 end
 local n = #values
+local header = os.getenv("BENCH_HEADER") or "Cookie"
 local threads = 0
 
 function setup(thread)
@@ -26,6 +28,6 @@ end
 function request()
    i = i + 1
    if i > n then i = 1 end
-   headers["Cookie"] = values[i]
+   headers[header] = values[i]
    return wrk.format(nil, nil, headers)
 end

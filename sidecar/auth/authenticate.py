@@ -34,14 +34,13 @@ from sidecar.errors import CsrfRejected, ProviderError, RefreshFailed, TokenReje
 from sidecar.identity import Identity
 from sidecar.keys import RESPONSE_HOOKS
 from sidecar.observability import Logger, Metrics
+from sidecar.oidc import shape
 from sidecar.oidc.client import TokenSet
 from sidecar.oidc.provider import ProviderLink
 
 Source = Literal["bearer", "cookie"]
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _ENRICHED_MAX = 10000
-# Longest credential looked at: a larger one is refused before anything hashes or parses it.
-MAX_TOKEN = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +97,9 @@ class Authenticator:
         try:
             if token is None:
                 raise TokenRejected("missing")
-            if len(token) > MAX_TOKEN or not token.isascii():
+            # Not a compact JWS (too long, not ASCII, not three parts): refused before anything
+            # hashes, decodes or looks it up.
+            if not shape.jws_compact(token):
                 raise TokenRejected("malformed")
             identity = await self._identify(token)
         except TokenRejected as exc:
@@ -140,7 +141,7 @@ class Authenticator:
         """
         session = await self.store.load(request)
         token, source = self._credentials(request, session)
-        if token is None or len(token) > MAX_TOKEN or not token.isascii():
+        if not shape.jws_compact(token):
             return None
         try:
             identity = await self._identify(token)

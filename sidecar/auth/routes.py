@@ -24,6 +24,7 @@ from sidecar.errors import FlowRejected, ProviderError, TokenRejected
 from sidecar.identity import Clock, Identity
 from sidecar.keys import ROUTE_CLASS
 from sidecar.observability import Logger, Metrics
+from sidecar.oidc import shape
 from sidecar.oidc.client import OidcClient
 from sidecar.oidc.discovery import authorize_url, logout_redirect
 
@@ -126,10 +127,13 @@ class AuthRoutes:
         query = request.query
         state = query.get("state")
         response = web.Response(status=302)
+        # Shapes first: nothing hashes, decrypts or sends on a value that cannot be ours or the
+        # provider's (a state we never issued, a code that is not RFC 6749's VSCHARs).
+        bad_state = bool(state) and not shape.state(state or "")
         if "error" in query:
             code = query["error"] if _ERROR_CODE.fullmatch(query["error"]) else "provider_error"
             target = self.settings.app_url
-            if state:
+            if state and not bad_state:
                 with contextlib.suppress(FlowRejected):
                     target = (await self.transactions.take(request, response, state))["return_to"]
             self._event("callback", code)
@@ -146,6 +150,10 @@ class AuthRoutes:
         if not auth_code:
             self._event("callback", "missing_code")
             raise FlowRejected("missing_code")
+        if bad_state or not shape.auth_code(auth_code):
+            self._event("callback", "malformed")
+            self.log.info("callback_rejected", reason="malformed")
+            raise FlowRejected("malformed")
         try:
             tx = await self.transactions.take(request, response, state)
         except FlowRejected as exc:

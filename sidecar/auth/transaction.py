@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sidecar.auth.cookies import CookiePolicy
 from sidecar.errors import FlowRejected
 from sidecar.identity import Clock
+from sidecar.oidc import shape
 from sidecar.store.base import SharedStore, StoreUnavailable
 from sidecar.store.memory import MemoryStore
 from sidecar.store.watch import StoreWatch
@@ -69,9 +70,16 @@ class TransactionStore:
         self._shared = spent if spent is not None and spent is not self._local else None
         self._watch = watch
 
+    def _well_formed(self, request: web.Request) -> bool:
+        """False when the cookie is there but cannot be a Fernet token (the decryptor would choke)."""
+        value = request.cookies.get(self.name)
+        return value is None or shape.fernet_token(value)
+
     async def begin(self, request: web.Request, response: web.StreamResponse, state: str,
                     tx: Transaction) -> None:
-        session = await self.storage.load_session(request)
+        # A cookie of the wrong shape is no pending login: this one starts afresh and replaces it.
+        well_formed = self._well_formed(request)
+        session = await (self.storage.load_session(request) if well_formed else self.storage.new_session())
         pending: dict[str, Any] = dict(session.get("tx") or {})
         pending[state] = tx
         # Oldest first (insertion order); drop the oldest while too many or too large.
@@ -85,6 +93,9 @@ class TransactionStore:
         key = "spent:" + hashlib.sha256(state.encode()).hexdigest()
         if await self._is_spent(key):
             raise FlowRejected("replayed_callback")
+        if not self._well_formed(request):
+            # As for a cookie that does not decrypt: there is no transaction to finish.
+            raise FlowRejected("missing_transaction")
         session = await self.storage.load_session(request)
         pending: dict[str, Any] = dict(session.get("tx") or {})
         if not pending:

@@ -11,16 +11,19 @@ Every failure is a :class:`~sidecar.errors.TokenRejected` with one of these fixe
 A required claim that is absent is ``missing_claim``; one present with the wrong JSON type is
 ``malformed``; one with the wrong value gets its specific reason. The nonce is the exception: when
 one is expected, anything but an exact match (absent included) is ``nonce_mismatch``.
+
+A cache miss does the JOSE work once (RFC 7515 §5.2): the segments are checked for shape, the header
+and the payload are each decoded once, and jwcrypto's algorithm (``JWA.signing_alg``, built once per
+allowed algorithm) verifies the signature over the token's own bytes up to the second dot, with the
+key converted once per JWKS fetch (``sidecar.oidc.jwks``). Nothing is re-encoded or copied.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import hmac
 import json
 import math
-import re
 import sys
 import time
 from collections import OrderedDict
@@ -30,17 +33,22 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from jwcrypto.common import base64url_decode
-from jwcrypto.jws import JWS
+from jwcrypto.jwa import JWA
 
 from sidecar.config import OidcSettings
 from sidecar.errors import TokenRejected
 from sidecar.identity import Clock, Identity
 from sidecar.observability import Metrics
+from sidecar.oidc import shape
 from sidecar.oidc.jwks import JwksCache, accepts
 
-MAX_TOKEN_LENGTH = 16 * 1024
-_ACCESS, _ID = b"access\0", b"id\0"
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+MAX_TOKEN_LENGTH = shape.MAX_TOKEN
+_ACCESS, _ID, _FORGED = b"access\0", b"id\0", b"forged\0"
+# Tokens remembered as forged (a known kid, a signature that does not verify): a replay flood then
+# costs a digest and a lookup, not a verification. An entry is a 32-byte digest in an ordered dict,
+# about 150 bytes: 16,384 entries (a flood of 10,000 distinct tokens fits) stay under 2.5 MiB
+# (tests/oidc/test_forged_tokens.py measures it).
+FORGED_CACHE_SIZE = 16384
 
 Kind = Literal["access", "id"]
 
@@ -197,13 +205,13 @@ def identity_from_claims(claims: Mapping[str, Any], keep: Collection[str] | None
 
 def _header(token: str, policy: TokenPolicy) -> tuple[str, str | None]:
     """``(alg, kid)`` from the protected header of a compact JWS, with ``alg`` on the allowlist."""
-    if len(token) > MAX_TOKEN_LENGTH:
+    # The whole alphabet first: a stray character would be silently skipped by the base64 decoder,
+    # and anything not ASCII (undecodable header bytes) must reach neither it nor a digest.
+    if not shape.jws_segments(token):
         raise TokenRejected("malformed")
     parts = token.split(".")
-    if len(parts) != 3 or not parts[0] or not parts[1]:
-        raise TokenRejected("malformed")
-    for part in parts:  # a stray character would be silently skipped by the base64 decoder
-        if len(part) % 4 == 1 or not _B64URL.fullmatch(part):
+    for part in parts:
+        if len(part) % 4 == 1:  # no base64 string has this length
             raise TokenRejected("malformed")
     try:
         header = json.loads(base64url_decode(parts[0]))
@@ -221,6 +229,17 @@ def _header(token: str, policy: TokenPolicy) -> tuple[str, str | None]:
     if kid is not None and not isinstance(kid, str):
         raise TokenRejected("malformed")
     return alg, kid
+
+
+def _payload(segment: str) -> dict[str, Any]:
+    """The claims of a verified token's payload segment: a JSON object, else ``malformed``."""
+    try:
+        claims = json.loads(base64url_decode(segment))
+    except (ValueError, RecursionError):
+        raise TokenRejected("malformed") from None
+    if not isinstance(claims, dict):
+        raise TokenRejected("malformed")
+    return claims
 
 
 @dataclass(slots=True)
@@ -249,17 +268,24 @@ class TokenValidator:
         self._size = cache_size
         self._cache: OrderedDict[bytes, _Entry] = OrderedDict()
         self._by_kid: dict[str, set[bytes]] = {}
-        # JWS() deep-copies jwcrypto's header registry (about 60 µs, most of a verification);
-        # a shallow copy of one instance shares that registry, which verification only reads.
-        # deserialize() and verify() rebind the per-token state (objects, verifylog).
-        self._jws = JWS()
+        # Digests of forged tokens, valid for the key set that refused them only: every JWKS fetch
+        # builds a new one, and the first lookup after it forgets them all (a rotation, or a
+        # provider re-using a kid for a new key, can make one of them verify).
+        self._forged: OrderedDict[bytes, None] = OrderedDict()
+        self._forged_under: object = None
+        # jwcrypto's verifier of each allowed algorithm (RFC 7518 §3), built once.
+        self._engines = {
+            alg: JWA.signing_alg(alg) for alg in policy.algorithms if alg in JWA.algorithms_registry
+        }
         self._hit = metrics.validation_cache.labels(result="hit")
         self._miss = metrics.validation_cache.labels(result="miss")
+        self._known_forged = metrics.validation_cache.labels(result="known_forged")
+        self._seconds = metrics.validation_seconds
         jwks.on_keys_removed(self.evict_kid)
 
     def cached(self, token: str) -> Identity | None:
         """The Identity of an access token verified earlier and still valid, else ``None``."""
-        identity = self._lookup(_ACCESS, token) if len(token) <= MAX_TOKEN_LENGTH else None
+        identity = self._lookup(_ACCESS, token) if shape.jws_compact(token) else None
         (self._hit if identity is not None else self._miss).inc()
         return identity
 
@@ -287,7 +313,7 @@ class TokenValidator:
         if allow_expired:
             claims, _kid = await self._verify(token, "id", nonce, allow_expired=True)
             return MappingProxyType(dict(claims))
-        if nonce is None and len(token) <= MAX_TOKEN_LENGTH:
+        if nonce is None and shape.jws_compact(token):
             hit: Mapping[str, Any] | None = self._lookup(_ID, token)
             if hit is not None:
                 return hit
@@ -302,6 +328,7 @@ class TokenValidator:
         for kid in kids:
             for digest in self._by_kid.pop(kid, ()):
                 self._cache.pop(digest, None)
+        self._forged.clear()
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -347,6 +374,15 @@ class TokenValidator:
     async def _verify(
         self, token: str, kind: Kind, nonce: str | None, *, allow_expired: bool = False
     ) -> tuple[dict[str, Any], str]:
+        forged = None
+        if shape.jws_compact(token):
+            if self._forged_under is not self._jwks.keys:
+                self._forged.clear()
+                self._forged_under = self._jwks.keys
+            forged = self._digest(_FORGED, token)
+            if forged in self._forged:
+                self._known_forged.inc()
+                raise TokenRejected("bad_signature")
         alg, kid = _header(token, self._policy)
         if kid is None:
             raise TokenRejected("unknown_kid")
@@ -355,28 +391,29 @@ class TokenValidator:
             key = await self._jwks.key_for(kid)
             if key is None:
                 raise TokenRejected("unknown_kid")
+        engine = self._engines.get(alg)
+        if engine is None or not accepts(key, alg):
+            raise TokenRejected("bad_algorithm")
         started = time.perf_counter()
         try:
-            if not accepts(key, alg):
-                raise TokenRejected("bad_algorithm")
-            jws = copy.copy(self._jws)
-            jws.allowed_algs = [alg]
+            # RFC 7515 §5.2: the signing input is the token itself up to the second dot.
+            signed, _, signature = token.rpartition(".")
             try:
-                jws.deserialize(token)
+                engine.verify(key, signed.encode("ascii"), base64url_decode(signature))
             except Exception:
-                raise TokenRejected("malformed") from None
-            try:
-                jws.verify(key, alg=alg)
-            except Exception:
+                if forged is not None and self._forged_under is self._jwks.keys:
+                    self._remember_forged(forged)
                 raise TokenRejected("bad_signature") from None
-            try:
-                claims = json.loads(jws.payload)
-            except (ValueError, RecursionError):
-                raise TokenRejected("malformed") from None
-            if not isinstance(claims, dict):
-                raise TokenRejected("malformed")
+            claims = _payload(signed.partition(".")[2])
             check_claims(claims, self._policy, kind=kind, now=self._clock(), nonce=nonce,
                          allow_expired=allow_expired)
             return claims, kid
         finally:
-            self._metrics.validation_seconds.observe(time.perf_counter() - started)
+            self._seconds.observe(time.perf_counter() - started)
+
+    def _remember_forged(self, digest: bytes) -> None:
+        # Only a signature that does not verify under the current key set is remembered: expired,
+        # not yet valid, unknown kid and the like can all become (or have been) a valid token.
+        self._forged[digest] = None
+        if len(self._forged) > FORGED_CACHE_SIZE:
+            self._forged.popitem(last=False)

@@ -38,11 +38,15 @@ def check_path(path: str) -> None:
 
 
 def rule_path(path: str) -> str:
-    """``path`` with repeated slashes collapsed and segment parameters dropped, for rule matching."""
-    if "//" in path:
-        path = _SLASHES.sub("/", path)
+    """``path`` with segment parameters dropped and repeated slashes collapsed, for rule matching.
+
+    In that order: dropping ``;x`` from ``/;x/admin`` leaves ``//admin``, which must still become
+    ``/admin`` (or a rule for ``/admin/**`` would not see it).
+    """
     if ";" in path:
         path = _PARAMS.sub("", path)
+    if "//" in path:
+        path = _SLASHES.sub("/", path)
     return path
 
 

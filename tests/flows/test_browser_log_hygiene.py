@@ -23,6 +23,7 @@ from tests.flows.browser_support import (
     transaction,
 )
 from tests.flows.conftest import Stack, StackFactory
+from tests.flows.hostile import request_bytes, send, server_errors
 
 
 class Secrets:
@@ -149,3 +150,36 @@ async def test_a_cookie_header_the_http_parser_refuses_is_not_echoed_or_logged(
     assert token.encode() not in answer
     assert token not in caplog.text
     assert token not in stack.logs.getvalue()
+
+
+async def test_session_tokens_spliced_with_bytes_that_are_not_utf8_reach_no_log_line(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    browser = await new_browser(stack)
+    assert (await login_as(stack, browser, "alice")).status == 302
+    tokens = {name: stack.cookie(browser, name) for name in ("access_token", "id_token", "refresh_token")}
+    values = [v.encode() for v in tokens.values() if v]
+    assert len(values) == 3
+    access, id_token, refresh = values
+
+    for junk in (b"\xff\xfe", b"\xe9", b"\xed\xa0\x80", b"\xc0\xaf"):
+        cookie = (b"access_token=" + access + junk + b"; id_token=" + junk + id_token
+                  + b"; refresh_token=" + refresh[:10] + junk + refresh[10:])
+        for method, target, extra in (
+            (b"GET", b"/api/items", []), (b"GET", b"/auth/me", []),
+            (b"GET", b"/api/items", [(b"Authorization", b"Bearer " + access + junk)]),
+            (b"POST", b"/auth/refresh", [(b"X-XSRF-TOKEN", junk + access)]),
+            (b"POST", b"/auth/logout", [(b"Origin", stack.base.encode() + junk)]),
+        ):
+            answer = await send(stack, request_bytes(method, target, [(b"Cookie", cookie), *extra]))
+            assert 0 < answer.status < 500, (target, answer.body[:200])
+
+    logs = stack.logs.getvalue()
+    library = "\n".join(r.getMessage() for r in caplog.records)
+    # The tail of each (a signature: unique to it); the shared JWT header prefix is the "eyJ" below.
+    tails = [v[-24:].decode() for v in values]
+    leaked = [tail for tail in tails if tail in logs or tail in library]
+    assert leaked == []
+    assert "eyJ" not in logs
+    assert server_errors(stack) == []

@@ -229,6 +229,7 @@ RULE_CASES: list[tuple[Identity, str, str, str | None, str]] = [
     (NOBODY, "GET", "/v1.0/x", "10", "literal-dot"),
     (NOBODY, "GET", "/v1x0/x", None, "a-dot-is-no-wildcard"),
     (NOBODY, "GET", "/elsewhere", None, "unmatched-path-needs-only-an-identity"),
+    (NOBODY, "GET", "/;x/admin/users", "0", "a-parameter-segment-before-the-admin-path"),
 ]
 
 
