@@ -96,7 +96,7 @@ class Authenticator:
         token, source = self._credentials(request, session)
         try:
             if token is None:
-                raise TokenRejected("missing")
+                raise TokenRejected("malformed" if session.malformed else "missing")
             # Not a compact JWS (too long, not ASCII, not three parts): refused before anything
             # hashes, decodes or looks it up.
             if not shape.jws_compact(token):

@@ -67,9 +67,11 @@ class ServerStore:
     async def load(self, request: web.Request) -> Session:
         pairs = self.cookies.pairs(request)
         xsrf = pairs.get(self._xsrf)
-        key = _key_of(pairs.get(self._name))
+        sid = pairs.get(self._name)
+        key = _key_of(sid)
         if key is None:
-            return Session(xsrf=xsrf)
+            # A session id of the wrong shape (forged, truncated, not ASCII) is told apart from none.
+            return Session(xsrf=xsrf, malformed=bool(sid))
         record = await self._record(key)
         if record is None:
             return Session(xsrf=xsrf)

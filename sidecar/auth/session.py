@@ -47,6 +47,9 @@ class Session:
     refresh_token: str | None = None
     # The double-submit CSRF token the browser holds (always a cookie: JavaScript must read it).
     xsrf: str | None = None
+    # The browser sent a session credential that cannot be one (bytes that are not ASCII, an id
+    # of the wrong shape): a 401 "malformed", told apart from no credential at all.
+    malformed: bool = False
 
 
 NO_SESSION = Session()
@@ -171,13 +174,15 @@ class CookieStore:
 
     def _build(self, pairs: Mapping[str, str]) -> Session:
         names = self._names
+        # A plain access-token cookie wins over a stray chunk beside it (it is what the browser was
+        # last given); the other kinds must be one consistent set.
+        access = pairs.get(names["access"]) or ck.join(pairs, names["access"])
         return Session(
-            # A plain access-token cookie wins over a stray chunk beside it (it is what the browser
-            # was last given); the other kinds must be one consistent set.
-            access_token=_usable(pairs.get(names["access"]) or ck.join(pairs, names["access"])),
+            access_token=_usable(access),
             id_token=_usable(ck.join(pairs, names["id"])),
             refresh_token=_usable(ck.join(pairs, names["refresh"])),
             xsrf=pairs.get(names["xsrf"]),
+            malformed=access is not None and _usable(access) is None,
         )
 
     async def load(self, request: web.Request) -> Session:

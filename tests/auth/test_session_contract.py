@@ -33,7 +33,7 @@ from tests.conftest import FakeClock
 from tests.redis_server import RedisServer
 
 SECRET = b"s" * 32
-EMPTY = {"access_token": None, "id_token": None, "refresh_token": None, "xsrf": None}
+EMPTY = {"access_token": None, "id_token": None, "refresh_token": None, "xsrf": None, "malformed": False}
 APPLY: web.RequestKey[Callable[[web.StreamResponse], None]] = web.RequestKey("apply")
 
 

@@ -19,10 +19,11 @@ Headers = list[tuple[bytes, bytes]]
 @pytest.mark.parametrize(
     ("method", "target", "headers", "status", "reason"),
     [
-        # A cookie that cannot hold a token is no credential (sidecar.auth.session): as if absent.
-        pytest.param(b"GET", b"/api/items", [(b"Cookie", b"access_token=" + NOT_UTF8)], 401, "missing",
+        # A cookie that cannot hold a token is refused as such (sidecar.auth.session), before
+        # anything hashes it: told apart from no cookie at all.
+        pytest.param(b"GET", b"/api/items", [(b"Cookie", b"access_token=" + NOT_UTF8)], 401, "malformed",
                      id="measured-500-access-cookie-not-utf8"),
-        pytest.param(b"GET", b"/api/items", [(b"Cookie", b"access_token=" + LATIN1)], 401, "missing",
+        pytest.param(b"GET", b"/api/items", [(b"Cookie", b"access_token=" + LATIN1)], 401, "malformed",
                      id="measured-500-access-cookie-latin1"),
         pytest.param(b"GET", b"/api/items", [(b"Authorization", b"Bearer " + NOT_UTF8)], 401, "malformed",
                      id="measured-500-bearer-not-utf8"),
@@ -33,7 +34,7 @@ Headers = list[tuple[bytes, bytes]]
         pytest.param(b"GET", b"/api/items", [(b"Authorization", b"Bearer " + b"a" * 20000)], 401, "malformed",
                      id="bearer-20k"),
         pytest.param(b"GET", b"/auth/me",
-                     [(b"Cookie", b"access_token.0=" + NOT_UTF8 + b"; access_token.1=x")], 401, "missing",
+                     [(b"Cookie", b"access_token.0=" + NOT_UTF8 + b"; access_token.1=x")], 401, "malformed",
                      id="me-access-chunks-not-utf8"),
         pytest.param(b"GET", b"/auth/me", [(b"Cookie", b"id_token.0=\xff; id_token.1=\xfe"),
                                            (b"Authorization", b"Bearer " + NOT_UTF8)], 401, "malformed",

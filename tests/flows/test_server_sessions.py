@@ -142,6 +142,8 @@ async def test_a_forged_truncated_or_unknown_session_id_is_401_never_500(
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as client:
         api = await client.get(stack.url("/api/items"), headers={"Cookie": raw})
         assert api.status == 401
+        # A well-formed id Redis does not know is no session; anything else is refused as malformed.
+        assert (await api.json())["reason"] == ("missing" if session_id in ("A" * 43, "") else "malformed")
         page = await client.get(stack.url("/page"), allow_redirects=False,
                                 headers={"Cookie": raw, "Sec-Fetch-Mode": "navigate"})
         assert page.status == 302
