@@ -25,6 +25,8 @@ from sidecar.auth.cookies import CookiePolicy
 from sidecar.auth.csrf import CsrfTokens, OriginPolicy
 from sidecar.auth.refresh import RefreshFlight
 from sidecar.auth.return_to import ReturnToPolicy
+from sidecar.auth.revocation import CLAIMS as REVOCATION_CLAIMS
+from sidecar.auth.revocation import Revocation
 from sidecar.auth.routes import AuthRoutes
 from sidecar.auth.server_session import CHANNEL as SESSIONS_CHANNEL
 from sidecar.auth.server_session import ServerStore
@@ -95,6 +97,8 @@ def create_app(
         log = make_logger(settings.logging.level, settings.logging.format, batched=True)
     # Identity.claims carries only what rules and extra identity headers read.
     keep = {name for rule in settings.rules for name in rule.claims} | set(settings.identity_headers.claims)
+    # ... and what the deny-list looks up (a few short strings per cached identity).
+    keep |= set(REVOCATION_CLAIMS)
     provider = ProviderLink(settings.oidc, metrics=metrics, clock=clock, log=log,
                             cache_size=settings.tokens.validation_cache_size, keep_claims=keep)
     # No upstream: forward-auth only (no app client, no proxy route).
@@ -125,12 +129,18 @@ def create_app(
         clock, shared if shared.kind != "memory" else None, Sealer(secret), watch=watch,
         coordination=metrics.refresh_coordination, wait=settings.oidc.timeout + 5.0,
     )
+    revocation = Revocation(
+        shared, Sealer(secret, b"authsidecar/revoked/v1"), clock=clock, provider=provider,
+        metrics=metrics, log=log, watch=watch, max_lifetime=settings.tokens.max_lifetime,
+        refresh_lifetime=settings.cookies.refresh_token_max_age, leeway=settings.oidc.leeway,
+    )
     app_origins = (settings.app_url, *settings.allowed_return_origins, *settings.cors.allowed_origins)
     authenticator = Authenticator(
         provider=provider, store=store, csrf=csrf, origins=OriginPolicy(app_origins, origin),
         csrf_header=settings.csrf.header, csrf_exempt=PathSet(settings.csrf.exempt_paths),
         accept_bearer=settings.tokens.accept_bearer,
         refresh_token_path=settings.cookies.refresh_token_path, flight=flight, metrics=metrics, log=log,
+        revocation=revocation,
     )
     transactions = TransactionStore(secret, policy, settings.cookies.transaction_max_age, clock,
                                     spent=shared, watch=watch)
@@ -179,6 +189,8 @@ def create_app(
     ])
     if forwarder is not None:
         app.cleanup_ctx.append(_resource(forwarder.start, forwarder.close))
+    # Revocations of every process into this one's deny-list (and everything still revoked, loaded).
+    app.cleanup_ctx.append(_background(revocation.listen))
     if isinstance(shared, RedisStore):
         redis = shared
         app.cleanup_ctx.append(_background(lambda: keep_watching(redis.ping, watch)))

@@ -264,6 +264,9 @@ class TokenSettings(Section):
     # Accept `Authorization: Bearer` from non-browser clients (CSRF does not apply to them).
     accept_bearer: bool = True
     validation_cache_size: int = Field(10000, ge=0)
+    # The longest an access or ID token lives at the provider (Cognito allows up to a day): how
+    # long a revoked session, user or sid stays on the deny-list.
+    max_lifetime: int = Field(24 * 3600, ge=60, le=30 * 24 * 3600)
 
 
 class Rule(Section):

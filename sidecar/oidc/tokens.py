@@ -24,7 +24,7 @@ import re
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
@@ -302,6 +302,13 @@ class TokenValidator:
         for kid in kids:
             for digest in self._by_kid.pop(kid, ()):
                 self._cache.pop(digest, None)
+
+    def evict_if(self, revoked: Callable[[Any], bool]) -> int:
+        """Forget every cached token whose value (Identity, or ID token claims) ``revoked`` picks."""
+        gone = [(digest, entry) for digest, entry in self._cache.items() if revoked(entry.value)]
+        for digest, entry in gone:
+            self._forget(digest, entry)
+        return len(gone)
 
     def __len__(self) -> int:
         return len(self._cache)
