@@ -27,6 +27,8 @@ from sidecar.auth.refresh import RefreshFlight
 from sidecar.auth.return_to import ReturnToPolicy
 from sidecar.auth.revocation import CLAIMS as REVOCATION_CLAIMS
 from sidecar.auth.revocation import Revocation
+from sidecar.auth.revoke_api import PATH as REVOKE_PATH
+from sidecar.auth.revoke_api import REVOKE_API, RevokeApi
 from sidecar.auth.routes import AuthRoutes
 from sidecar.auth.server_session import CHANNEL as SESSIONS_CHANNEL
 from sidecar.auth.server_session import ServerStore
@@ -179,6 +181,9 @@ def create_app(
         app[ASSERTION] = signer
     app[HEALTH] = health
     app[LOGGER] = log
+    if settings.admin.revoke_token is not None:
+        app[REVOKE_API] = RevokeApi(revocation, settings.admin.revoke_token.get_secret_value(),
+                                    label=settings.admin.revoke_label, log=log)
     # Headers of every response, streamed ones included: request id, CORS, refreshed cookies.
     app.on_response_prepare.append(response_decorator(cors if cors else None))
     app.cleanup_ctx.extend([
@@ -282,4 +287,8 @@ def admin_app_for(app: web.Application) -> web.Application:
     signer = app.get(ASSERTION)
     if signer is not None:
         admin.router.add_get(JWKS_PATH, _jwks_handler(signer))
+    revoke = app.get(REVOKE_API)
+    if revoke is not None:
+        # Only with a configured secret, and only here: the proxied port has no such route.
+        admin.router.add_post(REVOKE_PATH, revoke.handle)
     return admin

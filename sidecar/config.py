@@ -67,6 +67,18 @@ class ListenSettings(Section):
 class AdminSettings(Section):
     host: str = "0.0.0.0"  # noqa: S104 - probes and scrapes come from the kubelet / Prometheus
     port: int = Field(9464, ge=0, le=65535)
+    # Bearer secret of POST /admin/revoke (`revoke_token_file` for a mounted secret); without it
+    # the route does not exist. 32+ characters.
+    revoke_token: SecretStr | None = None
+    # Who the audit line names for a call with that secret (one secret, one holder).
+    revoke_label: str = Field("admin", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
+
+    @field_validator("revoke_token")
+    @classmethod
+    def _token_len(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and (len(v.get_secret_value()) < 32 or not v.get_secret_value().isascii()):
+            raise ValueError("must be at least 32 ASCII characters (e.g. `openssl rand -base64 48`)")
+        return v
 
 
 class UpstreamSettings(Section):

@@ -213,15 +213,17 @@ class Revocation:
     # -- adding -----------------------------------------------------------------------------------
 
     async def revoke(self, entries: Iterable[Revoked], source: Source) -> int:
-        """Refuse ``entries`` here at once, then on every other process; how many were new here.
+        """Refuse ``entries`` here at once, then on every other process; returns how many tokens
+        this process had cached that are now refused (the sessions it knew).
 
         A store that does not answer leaves the revocation to this process (logged, counted):
         logout still completes, and the tokens still expire.
         """
         entries = list(entries)
         now = self._clock()
-        added = sum(self.deny.add(entry, now) for entry in entries)
-        self._evict_soon()
+        for entry in entries:
+            self.deny.add(entry, now)
+        evicted = self._evict()
         self._metrics.revocations.labels(source=source).inc()
         try:
             for entry in entries:
@@ -231,7 +233,7 @@ class Revocation:
         except StoreUnavailable as exc:
             self._watch.failed(exc.reason)
             self._log.warning("revocation_not_shared", store=self._store.kind, reason=exc.reason)
-        return added
+        return evicted
 
     def receive(self, message: str) -> None:
         """A revocation published by any process (this one included): into the local copy."""
@@ -272,16 +274,24 @@ class Revocation:
             self._evict_pending = True
             asyncio.get_running_loop().call_soon(self._evict)
 
-    def _evict(self) -> None:
+    def _evict(self) -> int:
+        """Evict; returns how many access tokens (sessions, as this process knew them) went."""
         self._evict_pending = False
         provider = self._provider.current
-        if provider is not None:
-            provider.validator.evict_if(self._refuses_cached)
+        if provider is None:
+            return 0
+        sessions = 0
 
-    def _refuses_cached(self, value: object) -> bool:
-        if isinstance(value, Identity):
-            return self.deny.refuses(value)
-        return isinstance(value, Mapping) and self.deny.refuses_claims(value)
+        def refused(value: object) -> bool:
+            nonlocal sessions
+            if isinstance(value, Identity):
+                gone = self.deny.refuses(value)
+                sessions += gone
+                return gone
+            return isinstance(value, Mapping) and self.deny.refuses_claims(value)
+
+        provider.validator.evict_if(refused)
+        return sessions
 
     # -- on the wire ----------------------------------------------------------------------------------
 
