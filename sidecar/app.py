@@ -21,6 +21,8 @@ from prometheus_client import CollectorRegistry
 from sidecar.admin import HEALTH, Health, create_admin_app
 from sidecar.auth.assertion import JWKS_PATH, AssertionSigner
 from sidecar.auth.authenticate import Authenticator
+from sidecar.auth.backchannel import PATH as BACKCHANNEL_PATH
+from sidecar.auth.backchannel import BackChannelLogout
 from sidecar.auth.cookies import CookiePolicy
 from sidecar.auth.csrf import CsrfTokens, OriginPolicy
 from sidecar.auth.refresh import RefreshFlight
@@ -220,6 +222,15 @@ def create_app(
     # Forward-auth, for every method a gateway may use; before /auth/*'s catch-all.
     app.router.add_route("*", VERIFY_PATH, verify.handle)
     app.router.add_route("*", VERIFY_PATH + "/{original:.*}", verify.handle)  # Envoy's ext_authz
+    if settings.logout.backchannel:
+        # Before /auth/*'s catch-all. Server to server: no cookie is read, so no CSRF check applies
+        # (the provider's signature on the logout token is what authenticates the request).
+        backchannel = BackChannelLogout(
+            provider=provider, revocation=revocation, store=shared, client_id=settings.oidc.client_id,
+            leeway=settings.oidc.leeway, max_age=settings.logout.backchannel_max_age, clock=clock,
+            metrics=metrics, log=log,
+        )
+        app.router.add_post(BACKCHANNEL_PATH, backchannel.handle)
     routes.register(app.router, settings.me_alias)
     if signer is not None:
         app.router.add_get(JWKS_PATH, _jwks_handler(signer))

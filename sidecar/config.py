@@ -43,7 +43,8 @@ AUTHORIZE_PARAMS = frozenset({
     "code_challenge", "code_challenge_method",
 })
 # The sidecar's own routes; me_alias may not shadow them.
-AUTH_ROUTES = frozenset({"/auth/login", "/auth/callback", "/auth/refresh", "/auth/logout", "/auth/me"})
+AUTH_ROUTES = frozenset({"/auth/login", "/auth/callback", "/auth/refresh", "/auth/logout", "/auth/me",
+                         "/auth/backchannel-logout"})
 # Validation context key: dotted keys that failed their own checks; cross-key rules reading them
 # are skipped (their values here are stand-ins, see sidecar.config_load).
 FAILED_KEYS = "failed_keys"
@@ -382,6 +383,10 @@ class LogoutSettings(Section):
     # Where the browser lands after /auth/logout (default: app_url). On app_url's origin or one of
     # allowed_return_origins; a page that does not itself require a login.
     redirect_url: str | None = None
+    # OIDC Back-Channel Logout 1.0 at POST /auth/backchannel-logout (register that URL at the
+    # provider; Cognito has none). A logout token older than backchannel_max_age seconds is refused.
+    backchannel: bool = False
+    backchannel_max_age: float = Field(300.0, gt=0, le=3600)
 
     @field_validator("redirect_url")
     @classmethod

@@ -297,6 +297,13 @@ class TokenValidator:
             self._store(_ID, token, frozen, claims["exp"], kid)
         return frozen
 
+    async def signed_claims(self, token: str) -> dict[str, Any]:
+        """The claims of a JWS signed by one of the provider's keys with an allowlisted algorithm,
+        none of them checked: for tokens of another kind (a back-channel logout token), whose
+        claims the caller checks itself. Never cached."""
+        claims, _kid = await self._verify(token, None, None)
+        return claims
+
     def evict_kid(self, kids: frozenset[str]) -> None:
         """Forget every token signed by one of ``kids`` (they left the provider's JWKS)."""
         for kid in kids:
@@ -352,7 +359,7 @@ class TokenValidator:
                 del self._by_kid[entry.kid]
 
     async def _verify(
-        self, token: str, kind: Kind, nonce: str | None, *, allow_expired: bool = False
+        self, token: str, kind: Kind | None, nonce: str | None, *, allow_expired: bool = False
     ) -> tuple[dict[str, Any], str]:
         alg, kid = _header(token, self._policy)
         if kid is None:
@@ -382,8 +389,9 @@ class TokenValidator:
                 raise TokenRejected("malformed") from None
             if not isinstance(claims, dict):
                 raise TokenRejected("malformed")
-            check_claims(claims, self._policy, kind=kind, now=self._clock(), nonce=nonce,
-                         allow_expired=allow_expired)
+            if kind is not None:
+                check_claims(claims, self._policy, kind=kind, now=self._clock(), nonce=nonce,
+                             allow_expired=allow_expired)
             return claims, kid
         finally:
             self._metrics.validation_seconds.observe(time.perf_counter() - started)
