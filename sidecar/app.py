@@ -137,6 +137,7 @@ def create_app(
         shared, Sealer(secret, b"authsidecar/revoked/v1"), clock=clock, provider=provider,
         metrics=metrics, log=log, watch=watch, max_lifetime=settings.tokens.max_lifetime,
         refresh_lifetime=settings.cookies.refresh_token_max_age, leeway=settings.oidc.leeway,
+        sessions=server_store,
     )
     app_origins = (settings.app_url, *settings.allowed_return_origins, *settings.cors.allowed_origins)
     authenticator = Authenticator(

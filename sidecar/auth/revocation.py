@@ -28,7 +28,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 from sidecar.errors import TokenRejected
 from sidecar.identity import Clock, Identity
@@ -47,6 +47,12 @@ CHANNEL = "revoked"
 CLAIMS = ("jti", "origin_jti", "sid", "iat")
 # Claims looked up as they are (their presence alone refuses the token).
 _BY_PRESENCE: tuple[Kind, ...] = ("jti", "origin_jti", "sid")
+
+
+class SessionEnder(Protocol):
+    """Server-side sessions that a revocation deletes (``sessions.mode: server``)."""
+
+    async def end_sessions(self, kind: str, value: str) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +150,7 @@ class Revocation:
 
     def __init__(self, store: SharedStore, sealer: Sealer, *, clock: Clock, provider: ProviderLink,
                  metrics: Metrics, log: Logger, watch: StoreWatch, max_lifetime: float,
-                 refresh_lifetime: float, leeway: float) -> None:
+                 refresh_lifetime: float, leeway: float, sessions: SessionEnder | None = None) -> None:
         self.deny = DenyList()
         self.max_lifetime = max_lifetime
         self._refresh_lifetime = refresh_lifetime
@@ -158,6 +164,8 @@ class Revocation:
         self._watch = watch
         self._evict_pending = False
         self._loading: asyncio.Task[None] | None = None
+        # Server-side sessions (sessions.mode: server), deleted by a revocation that names them.
+        self.sessions = sessions
 
     # -- the hot path ---------------------------------------------------------------------------
 
@@ -230,6 +238,12 @@ class Revocation:
                 member = self._seal(entry)
                 await self._store.append(CHANNEL, member, entry.until)
                 await self._store.publish(CHANNEL, member)
+            if self.sessions is not None:
+                # Server sessions: deleted outright (and dropped from every process's cache).
+                deleted = 0
+                for entry in entries:
+                    deleted += await self.sessions.end_sessions(entry.kind, entry.value)
+                evicted = max(evicted, deleted)
         except StoreUnavailable as exc:
             self._watch.failed(exc.reason)
             self._log.warning("revocation_not_shared", store=self._store.kind, reason=exc.reason)

@@ -177,6 +177,7 @@ class AuthRoutes:
         apply = await self.store.save(request, Tokens(
             access_token=tokens.access_token, access_exp=identity.expires_at, sub=identity.sub,
             id_token=tokens.id_token, refresh_token=tokens.refresh_token, fresh_login=True,
+            sid=claims["sid"] if isinstance(claims.get("sid"), str) else None,
         ))
         apply(response)
         response.headers["Location"] = tx["return_to"]
