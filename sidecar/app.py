@@ -261,7 +261,11 @@ def _background(
     async def lifetime(_app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(run(), name="store-watch")
         yield
-        task.cancel()
+        # Again until it ends: a cancellation that lands as redis-py's read timeout fires is
+        # turned into that timeout (asyncio.timeout on Python 3.11) and the listener reads on.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
