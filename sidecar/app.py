@@ -21,10 +21,16 @@ from prometheus_client import CollectorRegistry
 from sidecar.admin import HEALTH, Health, create_admin_app
 from sidecar.auth.assertion import JWKS_PATH, AssertionSigner
 from sidecar.auth.authenticate import Authenticator
+from sidecar.auth.backchannel import PATH as BACKCHANNEL_PATH
+from sidecar.auth.backchannel import BackChannelLogout
 from sidecar.auth.cookies import CookiePolicy
 from sidecar.auth.csrf import CsrfTokens, OriginPolicy
 from sidecar.auth.refresh import RefreshFlight
 from sidecar.auth.return_to import ReturnToPolicy
+from sidecar.auth.revocation import CLAIMS as REVOCATION_CLAIMS
+from sidecar.auth.revocation import Revocation
+from sidecar.auth.revoke_api import PATH as REVOKE_PATH
+from sidecar.auth.revoke_api import REVOKE_API, RevokeApi
 from sidecar.auth.routes import AuthRoutes
 from sidecar.auth.server_session import CHANNEL as SESSIONS_CHANNEL
 from sidecar.auth.server_session import ServerStore
@@ -95,6 +101,8 @@ def create_app(
         log = make_logger(settings.logging.level, settings.logging.format, batched=True)
     # Identity.claims carries only what rules and extra identity headers read.
     keep = {name for rule in settings.rules for name in rule.claims} | set(settings.identity_headers.claims)
+    # ... and what the deny-list looks up (a few short strings per cached identity).
+    keep |= set(REVOCATION_CLAIMS)
     provider = ProviderLink(settings.oidc, metrics=metrics, clock=clock, log=log,
                             cache_size=settings.tokens.validation_cache_size, keep_claims=keep)
     # No upstream: forward-auth only (no app client, no proxy route).
@@ -125,12 +133,19 @@ def create_app(
         clock, shared if shared.kind != "memory" else None, Sealer(secret), watch=watch,
         coordination=metrics.refresh_coordination, wait=settings.oidc.timeout + 5.0,
     )
+    revocation = Revocation(
+        shared, Sealer(secret, b"authsidecar/revoked/v1"), clock=clock, provider=provider,
+        metrics=metrics, log=log, watch=watch, max_lifetime=settings.tokens.max_lifetime,
+        refresh_lifetime=settings.cookies.refresh_token_max_age, leeway=settings.oidc.leeway,
+        sessions=server_store,
+    )
     app_origins = (settings.app_url, *settings.allowed_return_origins, *settings.cors.allowed_origins)
     authenticator = Authenticator(
         provider=provider, store=store, csrf=csrf, origins=OriginPolicy(app_origins, origin),
         csrf_header=settings.csrf.header, csrf_exempt=PathSet(settings.csrf.exempt_paths),
         accept_bearer=settings.tokens.accept_bearer,
         refresh_token_path=settings.cookies.refresh_token_path, flight=flight, metrics=metrics, log=log,
+        revocation=revocation,
     )
     transactions = TransactionStore(secret, policy, settings.cookies.transaction_max_age, clock,
                                     spent=shared, watch=watch)
@@ -169,6 +184,9 @@ def create_app(
         app[ASSERTION] = signer
     app[HEALTH] = health
     app[LOGGER] = log
+    if settings.admin.revoke_token is not None:
+        app[REVOKE_API] = RevokeApi(revocation, settings.admin.revoke_token.get_secret_value(),
+                                    label=settings.admin.revoke_label, log=log)
     # Headers of every response, streamed ones included: request id, CORS, refreshed cookies.
     app.on_response_prepare.append(response_decorator(cors if cors else None))
     app.cleanup_ctx.extend([
@@ -179,6 +197,8 @@ def create_app(
     ])
     if forwarder is not None:
         app.cleanup_ctx.append(_resource(forwarder.start, forwarder.close))
+    # Revocations of every process into this one's deny-list (and everything still revoked, loaded).
+    app.cleanup_ctx.append(_background(revocation.listen))
     if isinstance(shared, RedisStore):
         redis = shared
         app.cleanup_ctx.append(_background(lambda: keep_watching(redis.ping, watch)))
@@ -203,6 +223,15 @@ def create_app(
     # Forward-auth, for every method a gateway may use; before /auth/*'s catch-all.
     app.router.add_route("*", VERIFY_PATH, verify.handle)
     app.router.add_route("*", VERIFY_PATH + "/{original:.*}", verify.handle)  # Envoy's ext_authz
+    if settings.logout.backchannel:
+        # Before /auth/*'s catch-all. Server to server: no cookie is read, so no CSRF check applies
+        # (the provider's signature on the logout token is what authenticates the request).
+        backchannel = BackChannelLogout(
+            provider=provider, revocation=revocation, store=shared, client_id=settings.oidc.client_id,
+            leeway=settings.oidc.leeway, max_age=settings.logout.backchannel_max_age, clock=clock,
+            metrics=metrics, log=log,
+        )
+        app.router.add_post(BACKCHANNEL_PATH, backchannel.handle)
     routes.register(app.router, settings.me_alias)
     if signer is not None:
         app.router.add_get(JWKS_PATH, _jwks_handler(signer))
@@ -232,7 +261,11 @@ def _background(
     async def lifetime(_app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(run(), name="store-watch")
         yield
-        task.cancel()
+        # Again until it ends: a cancellation that lands as redis-py's read timeout fires is
+        # turned into that timeout (asyncio.timeout on Python 3.11) and the listener reads on.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
@@ -270,4 +303,8 @@ def admin_app_for(app: web.Application) -> web.Application:
     signer = app.get(ASSERTION)
     if signer is not None:
         admin.router.add_get(JWKS_PATH, _jwks_handler(signer))
+    revoke = app.get(REVOKE_API)
+    if revoke is not None:
+        # Only with a configured secret, and only here: the proxied port has no such route.
+        admin.router.add_post(REVOKE_PATH, revoke.handle)
     return admin

@@ -43,7 +43,8 @@ AUTHORIZE_PARAMS = frozenset({
     "code_challenge", "code_challenge_method",
 })
 # The sidecar's own routes; me_alias may not shadow them.
-AUTH_ROUTES = frozenset({"/auth/login", "/auth/callback", "/auth/refresh", "/auth/logout", "/auth/me"})
+AUTH_ROUTES = frozenset({"/auth/login", "/auth/callback", "/auth/refresh", "/auth/logout", "/auth/me",
+                         "/auth/backchannel-logout"})
 # Validation context key: dotted keys that failed their own checks; cross-key rules reading them
 # are skipped (their values here are stand-ins, see sidecar.config_load).
 FAILED_KEYS = "failed_keys"
@@ -67,6 +68,18 @@ class ListenSettings(Section):
 class AdminSettings(Section):
     host: str = "0.0.0.0"  # noqa: S104 - probes and scrapes come from the kubelet / Prometheus
     port: int = Field(9464, ge=0, le=65535)
+    # Bearer secret of POST /admin/revoke (`revoke_token_file` for a mounted secret); without it
+    # the route does not exist. 32+ characters.
+    revoke_token: SecretStr | None = None
+    # Who the audit line names for a call with that secret (one secret, one holder).
+    revoke_label: str = Field("admin", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
+
+    @field_validator("revoke_token")
+    @classmethod
+    def _token_len(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and (len(v.get_secret_value()) < 32 or not v.get_secret_value().isascii()):
+            raise ValueError("must be at least 32 ASCII characters (e.g. `openssl rand -base64 48`)")
+        return v
 
 
 class UpstreamSettings(Section):
@@ -264,6 +277,9 @@ class TokenSettings(Section):
     # Accept `Authorization: Bearer` from non-browser clients (CSRF does not apply to them).
     accept_bearer: bool = True
     validation_cache_size: int = Field(10000, ge=0)
+    # The longest an access or ID token lives at the provider (Cognito allows up to a day): how
+    # long a revoked session, user or sid stays on the deny-list.
+    max_lifetime: int = Field(24 * 3600, ge=60, le=30 * 24 * 3600)
 
 
 class Rule(Section):
@@ -367,6 +383,10 @@ class LogoutSettings(Section):
     # Where the browser lands after /auth/logout (default: app_url). On app_url's origin or one of
     # allowed_return_origins; a page that does not itself require a login.
     redirect_url: str | None = None
+    # OIDC Back-Channel Logout 1.0 at POST /auth/backchannel-logout (register that URL at the
+    # provider; Cognito has none). A logout token older than backchannel_max_age seconds is refused.
+    backchannel: bool = False
+    backchannel_max_age: float = Field(300.0, gt=0, le=3600)
 
     @field_validator("redirect_url")
     @classmethod

@@ -33,7 +33,7 @@ from sidecar.errors import ConfigError
 ENV_PREFIX = "AUTHSIDECAR_"
 SECRET_ENV = ENV_PREFIX + "COOKIES__SECRET"
 FILE_SUFFIX = "_file"
-_VERBATIM = frozenset({"client_id", "client_secret", "secret"})
+_VERBATIM = frozenset({"client_id", "client_secret", "secret", "revoke_token"})
 # Valid stand-ins for required keys whose own value failed, so the cross-key rules that do not read
 # them can still run in the same round (the rules that read them are skipped).
 STAND_INS: dict[str, Any] = {

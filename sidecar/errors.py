@@ -8,7 +8,8 @@
     │   ├── Forbidden                    403: an authorization rule refused the identity
     │   ├── AmbiguousPath                400: a dot segment the app might resolve unlike the rules
     │   ├── BadOriginalRequest           400: a gateway's original method/URI that cannot be judged
-    │   └── FlowRejected                 400: a broken login transaction (state, replay, ...)
+    │   ├── FlowRejected                 400: a broken login transaction (state, replay, ...)
+    │   └── LogoutTokenRejected          400: a back-channel logout token that fails a check
     ├── ProviderError(reason)            502/503: the OpenID provider failed or is unreachable
     │   └── RefreshFailed                401: the provider refused the refresh token (invalid_grant)
     └── UpstreamError(kind)              502 (refused, reset) / 504 (timeout): the app failed
@@ -83,6 +84,13 @@ class FlowRejected(AuthRejected):
 
     status = 400
     error = "bad_request"
+
+
+class LogoutTokenRejected(AuthRejected):
+    """OIDC Back-Channel Logout 1.0 §2.8: a logout request that fails validation is a 400."""
+
+    status = 400
+    error = "invalid_request"
 
 
 class ProviderError(SidecarError):

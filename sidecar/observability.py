@@ -100,6 +100,10 @@ class Metrics:
             p + "store_errors_total", "Shared-store operations that failed, by store (memory, host, redis).",
             ["store"], registry=registry,
         )
+        self.revocations = Counter(
+            p + "revocations_total", "Sessions or users revoked, by source (logout, admin, backchannel).",
+            ["source"], registry=registry,
+        )
         self.session_cookie_bytes = Histogram(
             p + "session_cookie_bytes",
             "Bytes of the cookies one login or refresh sets (token-cookie mode): what browsers send back.",

@@ -11,7 +11,10 @@ caller is. In order:
 4. cookie credentials on an unsafe request pass the double-submit CSRF and Origin checks, a WebSocket
    handshake the Origin check (a browser attaches cookies to cross-site requests; a Bearer header it
    never adds by itself);
-5. what the access token lacks (Cognito's carry no email) comes from the session's ID token.
+5. what the access token lacks (Cognito's carry no email) comes from the session's ID token;
+6. the deny-list (:mod:`sidecar.auth.revocation`): a revoked token is refused after 2, from the
+   in-process copy; a session's ID token too (its ``sid`` when the access token carries none), and
+   a revoked session is never refreshed.
 
 Renewing is single-flight per refresh token (twenty tabs noticing the expiry at once make one token
 request: with rotation the provider would end the session for the rest); the new cookies ride on
@@ -29,6 +32,7 @@ from aiohttp import web
 
 from sidecar.auth.csrf import CsrfTokens, OriginPolicy, is_websocket_upgrade
 from sidecar.auth.refresh import RefreshFlight
+from sidecar.auth.revocation import Revocation
 from sidecar.auth.session import ApplyToResponse, Session, SessionStore, Tokens
 from sidecar.errors import CsrfRejected, ProviderError, RefreshFailed, TokenRejected
 from sidecar.identity import Identity
@@ -70,6 +74,7 @@ class Authenticator:
         flight: RefreshFlight,
         metrics: Metrics,
         log: Logger,
+        revocation: Revocation | None = None,
     ) -> None:
         self.provider = provider
         self.store = store
@@ -83,6 +88,7 @@ class Authenticator:
         self._metrics = metrics
         self._log = log
         self.flight = flight
+        self.revocation = revocation
         self._csrf_rejections = metrics.csrf_rejections
         self._decisions: dict[str, Any] = {}
         # (id of the access token's Identity, ID token) -> (that Identity, the enriched one).
@@ -102,14 +108,19 @@ class Authenticator:
             if not shape.jws_compact(token):
                 raise TokenRejected("malformed")
             identity = await self._identify(token)
+            if source == "cookie":
+                await self.check_session_revoked(session)
         except TokenRejected as exc:
             if source == "bearer" or exc.reason not in ("expired", "missing"):
                 self._record(exc.reason)
+                if exc.reason == "revoked" and source == "cookie":
+                    on_response(request, await self.store.clear(request))
                 raise
             refresh_token = self._refresh_token_for(request, session)
             if refresh_token is None:
                 self._record(exc.reason)
                 raise
+            await self.check_session_revoked(session, refresh_token, request=request)
             identity, token = await self.renew(request, refresh_token)
             self._record("refreshed")
         if source == "cookie":
@@ -131,7 +142,36 @@ class Authenticator:
         identity = validator.cached(token)
         if identity is None:
             identity = await validator.verify_access(token)
+        revocation = self.revocation
+        if revocation is not None and revocation.refuses(identity):
+            raise TokenRejected("revoked")
         return identity
+
+    async def check_session_revoked(self, session: Session, refresh_token: str | None = None, *,
+                                     request: web.Request | None = None) -> None:
+        """A cookie session whose ID token (or refresh token) is revoked is over.
+
+        Providers that name the session (``sid``) in the ID token only, Cognito-shaped ones whose
+        access token carries no ``sid``, are caught here. Before a refresh the (possibly expired)
+        ID token is read too: a refresh must not turn a revoked session into a fresh one.
+        """
+        revocation = self.revocation
+        if revocation is None or not len(revocation.deny):
+            return
+        revoked = refresh_token is not None and revocation.refuses_refresh(refresh_token)
+        id_token = session.id_token
+        if not revoked and id_token and shape.jws_compact(id_token):
+            validator = self.provider.get().validator
+            try:
+                claims = await validator.id_token(id_token, allow_expired=refresh_token is not None)
+            except TokenRejected:
+                claims = None
+            revoked = claims is not None and revocation.refuses_claims(claims)
+        if revoked:
+            if request is not None:
+                self._record("revoked")
+                on_response(request, await self.store.clear(request))
+            raise TokenRejected("revoked")
 
     async def identify_if_any(self, request: web.Request) -> Caller | None:
         """For a path that needs no identity: nothing is refused and nothing refreshed.
@@ -229,8 +269,13 @@ class Authenticator:
         """The identity of freshly refreshed tokens (the same for every process that shares them)."""
         provider = self.provider.get()
         identity = await provider.validator.access(tokens.access_token)
+        revocation = self.revocation
+        if revocation is not None and revocation.refuses(identity):
+            raise TokenRejected("revoked")
         if tokens.id_token is not None:
             claims = await provider.validator.id_token(tokens.id_token)
+            if revocation is not None and revocation.refuses_claims(claims):
+                raise TokenRejected("revoked")
             # OIDC Core §12.2: a refreshed ID token's sub must be the session's; the access token
             # must name the same user, or the session would carry two identities.
             if claims.get("sub") != identity.sub:

@@ -185,6 +185,7 @@ class AuthRoutes:
         apply = await self.store.save(request, Tokens(
             access_token=tokens.access_token, access_exp=identity.expires_at, sub=identity.sub,
             id_token=tokens.id_token, refresh_token=tokens.refresh_token, fresh_login=True,
+            sid=claims["sid"] if isinstance(claims.get("sid"), str) else None,
         ))
         apply(response)
         response.headers["Location"] = tx["return_to"]
@@ -203,6 +204,7 @@ class AuthRoutes:
         # The CSRF token is bound to the session's user: its (possibly expired) ID token says who.
         sub = await self.auth.session_sub(session)
         self.auth.check_csrf(request, session, sub or "")
+        await self.auth.check_session_revoked(session, session.refresh_token, request=request)
         identity, _ = await self.auth.renew(request, session.refresh_token)
         return web.json_response(identity_json(identity))
 
@@ -233,6 +235,10 @@ class AuthRoutes:
         # Validated exactly like login's return_to; anything unsafe lands on logout.redirect_url.
         landing = self.return_to.resolve(request.query.get("return_to"), default=self.after_logout)
         outcome = "ok"
+        revocation = self.auth.revocation
+        # Read before the provider ends the session (a revoked token may no longer verify there).
+        revoked = (await revocation.of_session(session.access_token, session.id_token, session.refresh_token)
+                   if revocation is not None else [])
         provider = self.provider.current
         if provider is not None:
             outcome = await self._end_at_provider(provider.client, session.access_token,
@@ -247,6 +253,9 @@ class AuthRoutes:
         else:
             response = web.Response(status=303 if request.method == "POST" else 302,
                                     headers={"Location": target})
+        if revocation is not None and revoked:
+            # Before the answer: a copy of these cookies is refused from now on, everywhere.
+            await revocation.revoke(revoked, "logout")
         (await self.store.clear(request))(response)
         self._event("logout", outcome)
         self.log.info("logout", outcome=outcome)

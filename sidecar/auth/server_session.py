@@ -9,9 +9,12 @@ name), so a request head stays small whatever the user's groups: API Gateway ref
 The hot path never waits on Redis for a warm request: each process keeps a session it read for
 ``sessions.cache_seconds`` (≤ 5 s), and every save or clear is published, so the other processes
 drop their copy at once. A login always starts a new session id (no fixation); a refresh updates
-the session in place under the same id. A forged, truncated or unknown id is no session (a 401,
-never a 500); when Redis does not answer and the session is not in memory, the request gets a 503
-``session_store_unavailable`` — never a login loop, and nothing is cleared.
+the session in place under the same id. Each session is indexed by its user and its provider
+session (digests of ``sub`` and ``sid``), so that a revocation (admin API, back-channel logout)
+deletes every session it names, at once, and publishes their invalidation. A forged, truncated
+or unknown id is no session (a 401, never a 500); when Redis does not answer and the session is
+not in memory, the request gets a 503 ``session_store_unavailable`` — never a login loop, and
+nothing is cleared.
 """
 
 from __future__ import annotations
@@ -103,6 +106,10 @@ class ServerStore:
         await self.redis.put(key, self.sealer.seal(key, json.dumps(record).encode()), self.lifetime)
         self._remember(key, record)
         await self.redis.publish(CHANNEL, key)
+        until = time.time() + self.lifetime
+        await self.redis.append(_index("sub", tokens.sub), key, until)
+        if tokens.sid is not None:
+            await self.redis.append(_index("sid", tokens.sid), key, until)
         held = pairs.get(self._xsrf)
         if held is None or self.csrf.verify(held, held, tokens.sub) is not None:
             staged.set_cookie(self._xsrf, self.csrf.issue(tokens.sub), **self.policy.attrs("xsrf"))
@@ -124,6 +131,15 @@ class ServerStore:
             for old in dict.fromkeys([name, *ck.stale(name, pairs, 0)]):
                 staged.set_cookie(old, "", **self.policy.clear_attrs(kind))
         return applier(staged)
+
+    async def end_sessions(self, kind: str, value: str) -> int:
+        """Delete every session of a user (``sub``) or a provider session (``sid``); how many."""
+        if kind not in ("sub", "sid"):
+            return 0
+        keys = await self.redis.members(_index(kind, value))
+        for key in keys:
+            await self._forget(key)
+        return len(keys)
 
     # -- the in-process copy ------------------------------------------------------------------------
 
@@ -170,3 +186,8 @@ def _key_of(session_id: str | None) -> str | None:
 
 def _key(session_id: str) -> str:
     return "session:" + hashlib.sha256(session_id.encode("ascii")).hexdigest()
+
+
+def _index(kind: str, value: str) -> str:
+    """The index of the sessions of one ``sub`` or ``sid`` (a digest: no personal data as a key)."""
+    return f"sessions-of-{kind}:" + hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()

@@ -68,6 +68,9 @@ class Tokens:
     refresh_token: str | None = None
     # A login (not a refresh): a server-side store starts a new session id (no fixation).
     fresh_login: bool = False
+    # The provider's session (the ID token's sid), when it names one: server sessions are indexed
+    # by it so that a revocation of that sid deletes them.
+    sid: str | None = None
 
 
 # Puts a store's answer on a response: Set-Cookie headers, added directly to the headers so it also

@@ -14,6 +14,7 @@ Routes (Cognito's shapes; the issuer and the Hosted UI domain are the same base 
     GET  /logout                             Cognito shape: client_id + logout_uri
     GET  /oauth2/logout                      OIDC RP-initiated logout: id_token_hint, post_logout_...
     POST /                                   cognito-idp JSON API; X-Amz-Target ...GlobalSignOut only
+    (out) POST <backchannel_logout_uris>     OIDC Back-Channel Logout 1.0 when a sign-in session ends
     /_dev/...                                test hooks over HTTP, only with ProviderConfig(dev_routes=True)
 
 Every request is counted in `DevProvider.calls` and may be failed on purpose with `set_failure`
@@ -27,6 +28,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from yarl import URL
 
@@ -54,6 +56,7 @@ __all__ = [
 ]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 # (method, path, endpoint name for counters and failures, handler)
 Route = tuple[str, str, Endpoint, Handler]
 
@@ -72,6 +75,8 @@ class DevProvider:
         # "global_sign_out". Counted before any injected failure applies.
         self.calls: collections.Counter[str] = collections.Counter()
         self._users = {user.username: user for user in config.users}
+        # Answers of the back-channel logout URIs, in order (0: no answer).
+        self.backchannel_statuses: list[int] = []
         self._issuer: str | None = None
 
     # -- identity of this provider -------------------------------------------------------------
@@ -125,7 +130,41 @@ class DevProvider:
         """Sign arbitrary claims with the current key (for tokens no real flow would produce)."""
         return self.keys.sign(claims, extra_headers=extra_headers)
 
-    def new_grant(self, user: DevUser | str, scope: str | None = None, auth_time: int | None = None) -> Grant:
+    def logout_token(self, *, sid: str | None = None, sub: str | None = None,
+                     headers: Mapping[str, Any] | None = None, **overrides: Any) -> str:
+        """A back-channel logout token (typed ``logout+jwt``); an override of None drops a claim."""
+        now = self.now()
+        claims: dict[str, Any] = {
+            "iss": self.issuer, "aud": self.config.client_id, "iat": now, "exp": now + 120,
+            "jti": secrets.token_hex(16), "events": {BACKCHANNEL_EVENT: {}},
+        }
+        if sid is not None:
+            claims["sid"] = sid
+        if sub is not None:
+            claims["sub"] = sub
+        header = {k: v for k, v in {"typ": "logout+jwt", **(headers or {})}.items() if v is not None}
+        return self.keys.sign(_apply(claims, overrides), extra_headers=header)
+
+    async def backchannel_logout(self, *, sid: str | None = None, sub: str | None = None) -> list[int]:
+        """POST a logout token to every registered back-channel logout URI; their statuses.
+
+        What the end of a sign-in session does, and a test hook ("end this session now")."""
+        statuses = []
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(timeout=timeout, cookie_jar=aiohttp.DummyCookieJar()) as http:
+            for uri in self.config.backchannel_logout_uris:
+                self.calls["backchannel_logout"] += 1
+                form = {"logout_token": self.logout_token(sid=sid, sub=sub)}
+                try:
+                    async with http.post(uri, data=form) as resp:
+                        statuses.append(resp.status)
+                except (aiohttp.ClientError, TimeoutError):
+                    statuses.append(0)
+        self.backchannel_statuses.extend(statuses)
+        return statuses
+
+    def new_grant(self, user: DevUser | str, scope: str | None = None, auth_time: int | None = None,
+                  sid: str | None = None) -> Grant:
         return Grant(
             user=self._resolve(user),
             client_id=self.config.client_id,
@@ -133,6 +172,8 @@ class DevProvider:
             origin_jti=secrets.token_hex(16),
             event_id=secrets.token_hex(16),
             auth_time=auth_time if auth_time is not None else self.now(),
+            # Cognito names no session in its tokens; a provider that speaks back-channel logout does.
+            sid=sid if self.config.backchannel_logout_uris else None,
         )
 
     def mint_access_token(self, user: DevUser | str, **claim_overrides: Any) -> str:
@@ -290,6 +331,8 @@ class DevProvider:
                 "subject_types_supported": ["public"],
                 "scopes_supported": list(self.config.allowed_scopes),
                 "code_challenge_methods_supported": ["S256"],
+                "backchannel_logout_supported": bool(self.config.backchannel_logout_uris),
+                "backchannel_logout_session_supported": bool(self.config.backchannel_logout_uris),
                 "id_token_signing_alg_values_supported": ["RS256"],
                 "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
                 "claims_supported": [

@@ -191,7 +191,7 @@ class BrowserEndpoints:
             session = None if "login" in auth.prompts else self._session(request)
             user = self.p.user(session.username) if session is not None else None
             if session is not None and user is not None:
-                return self._complete(auth, user, session.auth_time)
+                return self._complete(auth, user, session.auth_time, session.sid)
             if "none" in auth.prompts:
                 raise _RedirectError(auth.redirect_uri, auth.state, "login_required", "no signed-in session")
         except _PageError as exc:
@@ -225,11 +225,11 @@ class BrowserEndpoints:
                 error="Incorrect username or password.",
             )
         now = self.p.now()
-        sid = self.p.ledger.open_session(SignInSession(user.username, now, now + self.config.session_ttl))
-        response = self._complete(auth, user, now)
+        key = self.p.ledger.open_session(SignInSession(user.username, now, now + self.config.session_ttl))
+        response = self._complete(auth, user, now, self.p.ledger.sessions[key].sid)
         response.set_cookie(
             SESSION_COOKIE,
-            sid,
+            key,
             max_age=self.config.session_ttl,
             path="/",
             httponly=True,
@@ -241,10 +241,10 @@ class BrowserEndpoints:
     def _session(self, request: web.Request) -> SignInSession | None:
         return self.p.ledger.session(request.cookies.get(SESSION_COOKIE), self.p.now())
 
-    def _complete(self, auth: AuthRequest, user: DevUser, auth_time: int) -> web.Response:
+    def _complete(self, auth: AuthRequest, user: DevUser, auth_time: int, sid: str) -> web.Response:
         now = self.p.now()
         record = CodeRecord(
-            grant=self.p.new_grant(user, auth.scope, auth_time),
+            grant=self.p.new_grant(user, auth.scope, auth_time, sid=sid),
             redirect_uri=auth.redirect_uri,
             code_challenge=auth.code_challenge,
             nonce=auth.nonce,
@@ -261,7 +261,7 @@ class BrowserEndpoints:
             return error_page("client_id is missing or is not a registered app client of this user pool")
         if logout_uri is None or logout_uri not in self.config.logout_uris:
             return error_page("logout_uri is missing or not a registered sign-out URL for this client")
-        return self._signed_out(request, _redirect(logout_uri))
+        return await self._signed_out(request, _redirect(logout_uri))
 
     async def end_session(self, request: web.Request) -> web.Response:
         """OIDC RP-Initiated Logout 1.0 §2: id_token_hint, post_logout_redirect_uri, state, client_id."""
@@ -280,16 +280,21 @@ class BrowserEndpoints:
             if named is not None and named != self.config.client_id:
                 return error_page("client_id / id_token_hint audience is not a registered app client")
         if target is None:
-            return self._signed_out(request, signed_out_page())
+            return await self._signed_out(request, signed_out_page())
         if hint is None and client_id is None:
             return error_page("post_logout_redirect_uri needs id_token_hint or client_id")
         if target not in self.config.logout_uris:
             return error_page("post_logout_redirect_uri is not a registered sign-out URL for this client")
-        return self._signed_out(request, _redirect(_with_query(target, state=query.get("state"))))
+        return await self._signed_out(request, _redirect(_with_query(target, state=query.get("state"))))
 
-    def _signed_out(self, request: web.Request, response: web.Response) -> web.Response:
+    async def _signed_out(self, request: web.Request, response: web.Response) -> web.Response:
+        session = self._session(request)
         self.p.ledger.close_session(request.cookies.get(SESSION_COOKIE))
         response.del_cookie(SESSION_COOKIE, path="/")
+        user = self.p.user(session.username) if session is not None else None
+        if session is not None and user is not None:
+            # The session is over: every registered client hears it server to server.
+            await self.p.backchannel_logout(sid=session.sid, sub=user.sub)
         return response
 
 

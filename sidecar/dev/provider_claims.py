@@ -28,6 +28,8 @@ class Grant:
     origin_jti: str
     event_id: str
     auth_time: int
+    # The provider session (sign-in form) it came from, named in ID tokens as `sid`.
+    sid: str | None = None
 
 
 def _b64url(data: bytes) -> str:
@@ -100,6 +102,9 @@ def id_token_claims(
             "email": grant.user.email,
         }
     )
+    if grant.sid is not None:
+        # OIDC Front-/Back-Channel Logout: the session a logout token will name.
+        claims["sid"] = grant.sid
     claims.update(grant.user.extra_claims)
     return claims
 

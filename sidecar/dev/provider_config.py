@@ -39,6 +39,8 @@ class ProviderConfig:
     require_pkce: bool = True
     # The Hosted UI's own sign-in session (lets a second /authorize skip the form).
     session_ttl: int = 3600
+    # OIDC Back-Channel Logout 1.0: where a logout token is POSTed when a sign-in session ends.
+    backchannel_logout_uris: tuple[str, ...] = ()
     dev_routes: bool = False
 
     def __post_init__(self) -> None:
@@ -52,7 +54,7 @@ class ProviderConfig:
         names = [user.username for user in self.users]
         if len(set(names)) != len(names):
             problems.append("users: usernames must be unique")
-        for uri in (*self.redirect_uris, *self.logout_uris):
+        for uri in (*self.redirect_uris, *self.logout_uris, *self.backchannel_logout_uris):
             if not URL(uri).absolute:
                 problems.append(f"redirect_uris/logout_uris: {uri!r} is not an absolute URL")
         if problems:

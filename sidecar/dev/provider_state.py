@@ -7,6 +7,7 @@ Revoking a refresh token revokes its family (Cognito's /oauth2/revoke), and so d
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from dataclasses import dataclass, field
 
@@ -57,6 +58,8 @@ class SignInSession:
     username: str
     auth_time: int
     expires_at: float
+    # The session's public id, in its ID tokens and logout tokens (never the cookie's value).
+    sid: str = ""
 
 
 @dataclass(slots=True)
@@ -160,9 +163,10 @@ class Ledger:
     # -- the provider's own sign-in session -----------------------------------------------------
 
     def open_session(self, session: SignInSession) -> str:
-        sid = secrets.token_urlsafe(32)
-        self.sessions[sid] = session
-        return sid
+        """Remember ``session`` (given a public ``sid``); returns the cookie's value."""
+        key = secrets.token_urlsafe(32)
+        self.sessions[key] = dataclasses.replace(session, sid=session.sid or secrets.token_urlsafe(16))
+        return key
 
     def session(self, sid: str | None, now: float) -> SignInSession | None:
         found = self.sessions.get(sid) if sid else None

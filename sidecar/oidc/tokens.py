@@ -27,7 +27,7 @@ import math
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
@@ -323,12 +323,26 @@ class TokenValidator:
             self._store(_ID, token, frozen, claims["exp"], kid)
         return frozen
 
+    async def signed_claims(self, token: str) -> dict[str, Any]:
+        """The claims of a JWS signed by one of the provider's keys with an allowlisted algorithm,
+        none of them checked: for tokens of another kind (a back-channel logout token), whose
+        claims the caller checks itself. Never cached."""
+        claims, _kid = await self._verify(token, None, None)
+        return claims
+
     def evict_kid(self, kids: frozenset[str]) -> None:
         """Forget every token signed by one of ``kids`` (they left the provider's JWKS)."""
         for kid in kids:
             for digest in self._by_kid.pop(kid, ()):
                 self._cache.pop(digest, None)
         self._forged.clear()
+
+    def evict_if(self, revoked: Callable[[Any], bool]) -> int:
+        """Forget every cached token whose value (Identity, or ID token claims) ``revoked`` picks."""
+        gone = [(digest, entry) for digest, entry in self._cache.items() if revoked(entry.value)]
+        for digest, entry in gone:
+            self._forget(digest, entry)
+        return len(gone)
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -372,7 +386,7 @@ class TokenValidator:
                 del self._by_kid[entry.kid]
 
     async def _verify(
-        self, token: str, kind: Kind, nonce: str | None, *, allow_expired: bool = False
+        self, token: str, kind: Kind | None, nonce: str | None, *, allow_expired: bool = False
     ) -> tuple[dict[str, Any], str]:
         forged = None
         if shape.jws_compact(token):
@@ -405,8 +419,9 @@ class TokenValidator:
                     self._remember_forged(forged)
                 raise TokenRejected("bad_signature") from None
             claims = _payload(signed.partition(".")[2])
-            check_claims(claims, self._policy, kind=kind, now=self._clock(), nonce=nonce,
-                         allow_expired=allow_expired)
+            if kind is not None:
+                check_claims(claims, self._policy, kind=kind, now=self._clock(), nonce=nonce,
+                             allow_expired=allow_expired)
             return claims, kid
         finally:
             self._seconds.observe(time.perf_counter() - started)

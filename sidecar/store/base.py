@@ -16,6 +16,7 @@ A store that cannot answer raises :class:`StoreUnavailable`; callers decide what
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from sidecar.errors import SidecarError
@@ -42,7 +43,8 @@ class Lease(Protocol):
 
 
 class SharedStore(Protocol):
-    """Bytes under keys with a time to live, set-if-absent, and leases with fencing."""
+    """Bytes under keys with a time to live, set-if-absent, leases with fencing, timed collections
+    of strings, and publish/subscribe."""
 
     # "memory", "host" or "redis": the metric label and log field.
     kind: str
@@ -59,6 +61,28 @@ class SharedStore(Protocol):
 
     async def lease(self, key: str, ttl: float) -> Lease | None:
         """Take the lease on ``key`` for ``ttl`` seconds, or None while another holds it."""
+        ...
+
+    async def append(self, collection: str, member: str, until: float) -> None:
+        """Add ``member`` to ``collection`` until the wall-clock time ``until`` (then it leaves)."""
+        ...
+
+    async def members(self, collection: str) -> list[str]:
+        """Every member of ``collection`` whose time has not passed (what a starting process loads)."""
+        ...
+
+    async def publish(self, channel: str, message: str) -> None:
+        """Push ``message`` to every process listening on ``channel`` (this one included)."""
+        ...
+
+    async def listen(self, channel: str, on_message: Callable[[str], None], *,
+                     on_failure: Callable[[str], None], on_answer: Callable[[], None]) -> None:
+        """Call ``on_message`` for every message on ``channel`` until cancelled.
+
+        ``on_answer`` runs each time the subscription is (re)established: what was published while
+        it was down is lost, so a listener reloads from :meth:`members` then. A lost connection is
+        reported to ``on_failure`` and retried with backoff.
+        """
         ...
 
     async def close(self) -> None: ...

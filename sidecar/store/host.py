@@ -2,7 +2,9 @@
 
 The supervisor serves it on a Unix socket in a private directory (mode 0700) from a thread of its
 own; each worker's :class:`HostStoreClient` speaks one JSON line per request and per answer. Only
-the refresh and callback paths use it (a refresh storm, a callback): the hot path never does.
+the refresh, callback and revocation paths use it: the hot path never does. A worker that listens
+to a channel opens a second connection, says ``subscribe`` once, and from then on only reads: every
+``publish`` on that channel is pushed to it as one ``{"message": ...}`` line.
 Without Redis this is what keeps 20 parallel refreshes spread over the workers to one token
 request, and a replayed callback refused by every worker.
 """
@@ -15,6 +17,7 @@ import contextlib
 import json
 import secrets
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from sidecar.store.base import StoreUnavailable
@@ -43,6 +46,9 @@ class HostStoreServer:
         self._ready = threading.Event()
         self._server: asyncio.AbstractServer | None = None
         self._store = MemoryStore()
+        # Channel -> the connections subscribed to it (each only reads pushed lines).
+        self._subscribers: dict[str, set[asyncio.StreamWriter]] = {}
+        self._connections: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._thread.start()
@@ -62,21 +68,35 @@ class HostStoreServer:
             self._loop.run_forever()
         finally:
             self._server.close()
+            # Open connections end too (a subscriber must see its store go, and reconnect).
+            for task in self._connections:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*self._connections, return_exceptions=True))
             self._loop.run_until_complete(self._server.wait_closed())
             self._loop.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
         try:
             while line := await reader.readline():
                 try:
-                    answer = await self._answer(json.loads(line))
+                    request = json.loads(line)
+                    answer = await self._answer(request)
                 except (ValueError, KeyError, TypeError):
-                    answer = {"error": "bad_request"}
+                    request, answer = None, {"error": "bad_request"}
                 writer.write(json.dumps(answer).encode() + b"\n")
+                if isinstance(request, dict) and request.get("op") == "subscribe" and "ok" in answer:
+                    # After the answer: every push this connection gets comes after its "ok".
+                    self._subscribers.setdefault(str(request["key"]), set()).add(writer)
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
+            self._connections.discard(task)
+            for subscribed in self._subscribers.values():
+                subscribed.discard(writer)
             writer.close()
 
     async def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -98,7 +118,27 @@ class HostStoreServer:
         if op == "delete_if" and value is not None:
             await store.delete_if(key, value)
             return {"ok": True}
+        member = request.get("member")
+        if op == "append" and isinstance(member, str):
+            await store.append(key, member, float(request["until"]))
+            return {"ok": True}
+        if op == "members":
+            return {"members": await store.members(key)}
+        if op == "publish" and isinstance(member, str):
+            self._push(key, member)
+            return {"ok": True}
+        if op == "subscribe":
+            return {"ok": True}
         return {"error": "bad_request"}
+
+    def _push(self, channel: str, message: str) -> None:
+        line = json.dumps({"message": message}).encode() + b"\n"
+        for writer in list(self._subscribers.get(channel, ())):
+            if writer.is_closing():
+                self._subscribers[channel].discard(writer)
+            else:
+                # No drain: one slow subscriber must not hold up the publisher (its buffer grows).
+                writer.write(line)
 
 
 class HostLease:
@@ -175,6 +215,44 @@ class HostStoreClient:
         if not await self.add(key, fence, ttl):
             return None
         return HostLease(self, key, fence, ttl)
+
+    async def append(self, collection: str, member: str, until: float) -> None:
+        await self._ask({"op": "append", "key": collection, "member": member, "until": until})
+
+    async def members(self, collection: str) -> list[str]:
+        found = (await self._ask({"op": "members", "key": collection})).get("members")
+        return [m for m in found if isinstance(m, str)] if isinstance(found, list) else []
+
+    async def publish(self, channel: str, message: str) -> None:
+        await self._ask({"op": "publish", "key": channel, "member": message})
+
+    async def listen(self, channel: str, on_message: Callable[[str], None], *,
+                     on_failure: Callable[[str], None], on_answer: Callable[[], None],
+                     retry: float = 0.2, max_retry: float = 5.0) -> None:
+        """Its own connection, subscribed to ``channel``: pushed lines until cancelled."""
+        delay = retry
+        while True:
+            writer: asyncio.StreamWriter | None = None
+            try:
+                reader, writer = await asyncio.open_unix_connection(self._path, limit=_MAX_LINE)
+                writer.write(json.dumps({"op": "subscribe", "key": channel}).encode() + b"\n")
+                await writer.drain()
+                if "ok" not in json.loads(await reader.readline() or b"{}"):
+                    raise ConnectionResetError("host store refused the subscription")
+                on_answer()
+                delay = retry
+                while line := await reader.readline():
+                    pushed = json.loads(line)
+                    if isinstance(pushed, dict) and isinstance(pushed.get("message"), str):
+                        on_message(pushed["message"])
+                raise ConnectionResetError("host store closed the connection")
+            except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+                on_failure(type(exc).__name__)
+            finally:
+                if writer is not None:
+                    writer.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_retry)
 
     async def close(self) -> None:
         async with self._lock:

@@ -1,8 +1,13 @@
-"""The in-process store: aiocache's memory cache (TTL by the event loop), leases with a fence value."""
+"""The in-process store: aiocache's memory cache (TTL by the event loop), leases with a fence value,
+timed collections in a dict, and publish/subscribe to this process's own listeners."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
+import time
+from collections.abc import Callable
 
 from aiocache import SimpleMemoryCache
 
@@ -28,6 +33,11 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._cache = SimpleMemoryCache()
+        self._collections: dict[str, dict[str, float]] = {}
+        # Collection -> its size after the last sweep: sweeping again once it doubled keeps an
+        # append O(1) amortized and the collection within twice its live size.
+        self._swept: dict[str, int] = {}
+        self._listeners: dict[str, list[Callable[[str], None]]] = {}
 
     async def get(self, key: str) -> bytes | None:
         value = await self._cache.get(key)
@@ -64,5 +74,40 @@ class MemoryStore:
         if await self._cache.get(key) == fence:
             await self._cache.delete(key)
 
+    async def append(self, collection: str, member: str, until: float) -> None:
+        members = self._collections.setdefault(collection, {})
+        members[member] = max(until, members.get(member, until))
+        if len(members) >= 2 * self._swept.get(collection, 16):
+            self._sweep(collection, members)
+
+    async def members(self, collection: str) -> list[str]:
+        members = self._collections.get(collection)
+        if members is None:
+            return []
+        self._sweep(collection, members)
+        return list(members)
+
+    def _sweep(self, collection: str, members: dict[str, float]) -> None:
+        now = time.time()
+        for gone in [m for m, until in members.items() if until <= now]:
+            del members[gone]
+        self._swept[collection] = max(16, len(members))
+
+    async def publish(self, channel: str, message: str) -> None:
+        for listener in list(self._listeners.get(channel, ())):
+            listener(message)
+
+    async def listen(self, channel: str, on_message: Callable[[str], None], *,
+                     on_failure: Callable[[str], None], on_answer: Callable[[], None]) -> None:
+        listeners = self._listeners.setdefault(channel, [])
+        listeners.append(on_message)
+        try:
+            on_answer()
+            await asyncio.Event().wait()  # until cancelled
+        finally:
+            with contextlib.suppress(ValueError):
+                listeners.remove(on_message)
+
     async def close(self) -> None:
+        self._collections.clear()
         await self._cache.clear()

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import secrets
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -102,6 +103,27 @@ class RedisStore:
         if not await self.add(key, fence, ttl):
             return None
         return RedisLease(self, self._key(key), fence, ttl)
+
+    async def append(self, collection: str, member: str, until: float) -> None:
+        """A sorted set scored by ``until``: the passed ones are swept on every append, and the key
+        itself lives as long as its latest member (``PEXPIREAT ... GT``, Redis 7)."""
+        key = self._key(collection)
+
+        async def run(r: aioredis.Redis) -> None:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.zadd(key, {member: until}, gt=True)  # GT still adds a new member
+                pipe.zremrangebyscore(key, "-inf", time.time())
+                # GT counts a key without expiry as infinite: NX gives a new key its first one.
+                pipe.pexpireat(key, int(until * 1000) + 1, nx=True)
+                pipe.pexpireat(key, int(until * 1000) + 1, gt=True)
+                await pipe.execute()
+
+        await self._call(run)
+
+    async def members(self, collection: str) -> list[str]:
+        found = await self._call(
+            lambda r: r.zrangebyscore(self._key(collection), f"({time.time()}", "+inf"))
+        return [m.decode("ascii", "replace") for m in found if isinstance(m, bytes)]
 
     async def publish(self, channel: str, message: str) -> None:
         await self._call(lambda r: r.publish(self._key(channel), message))

@@ -116,9 +116,13 @@ async def test_nothing_in_redis_is_a_token_or_a_session_id(
     raw = aioredis.Redis.from_url(redis_server.url)
     try:
         for key in await raw.keys("*"):
-            dump += key + (await raw.get(key) or b"")
+            if await raw.type(key) == b"zset":  # the sessions of one user (or provider session)
+                dump += key + b"".join(await raw.zrange(key, 0, -1))
+            else:
+                dump += key + (await raw.get(key) or b"")
     finally:
         await raw.aclose()
     assert b"session:" in dump
-    for secret in (b"eyJaccess", b"eyJid", b"refresh-secret-value", sid.encode()):
+    assert b"sessions-of-sub:" in dump
+    for secret in (b"eyJaccess", b"eyJid", b"refresh-secret-value", sid.encode(), b"user-1"):
         assert secret not in dump

@@ -150,7 +150,8 @@ async def make_stack() -> AsyncIterator[StackFactory]:
             overrides.setdefault("logging", {"level": "debug", "format": "json"})
             if "logout" in overrides:
                 # The sidecar's own URL is known only now: "{base}" stands for it.
-                overrides["logout"] = {k: v.format(base=base) for k, v in overrides["logout"].items()}
+                overrides["logout"] = {k: v.format(base=base) if isinstance(v, str) else v
+                                       for k, v in overrides["logout"].items()}
             settings = dev_settings(issuer=issuer, upstream_url=upstream_url, host="127.0.0.1",
                                     port=port, admin_port=0, public_host="127.0.0.1",
                                     overrides=overrides)

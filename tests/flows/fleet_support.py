@@ -92,7 +92,7 @@ async def make_fleet(tmp_path: Path) -> AsyncIterator[FleetFactory]:
 
         async def start(*, replicas: int = 1, workers: int = 2, store: dict[str, Any] | None = None,
                         provider: dict[str, Any] | None = None, wait_ready: bool = True,
-                        log_level: str = "warning") -> Fleet:
+                        log_level: str = "warning", settings: dict[str, Any] | None = None) -> Fleet:
             ports = [(unused_port(), unused_port()) for _ in range(replicas)]
             public = f"http://{HOST}:{ports[0][0]}"
             dev = DevProvider(ProviderConfig(redirect_uris=(f"{public}/auth/callback",),
@@ -119,6 +119,7 @@ async def make_fleet(tmp_path: Path) -> AsyncIterator[FleetFactory]:
                 "store": store or {"backend": "memory"},
                 "logging": {"level": log_level},
                 "workers": workers,
+                **(settings or {}),
             }))
             started = []
             for index, (port, admin) in enumerate(ports):

@@ -80,14 +80,16 @@ async def test_logout_from_the_spa_clears_every_cookie_revokes_and_ends_the_prov
     assert provider_logout.status == 302
     assert provider_logout.headers["Location"] == stack.settings.app_url
 
-    # The revoked refresh token is useless, even replayed from a copy of the old cookies.
+    # The revoked refresh token is useless, even replayed from a copy of the old cookies: the
+    # sidecar's deny-list refuses it before any token request.
     thief = await new_browser(stack)
     plant_cookie(stack, thief, "refresh_token", refresh_token, path="/auth")
     for name in ("id_token", "XSRF-TOKEN"):
         plant_cookie(stack, thief, name, were_set[name].value)
     replay = await thief.post(stack.url("/auth/refresh"), headers=csrf_headers(stack, thief))
     assert replay.status == 401
-    assert (await replay.json())["reason"] == "invalid_grant"
+    assert (await replay.json())["reason"] == "revoked"
+    assert stack.provider.calls["token:refresh_token"] == 0
 
 
 async def test_logout_clears_every_chunk_of_a_chunked_session(stack: Stack) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -114,4 +115,71 @@ async def test_an_unreachable_store_raises_store_unavailable_not_a_library_error
 
 def _operations(store: SharedStore) -> list[Callable[[], object]]:
     return [lambda: store.get("k"), lambda: store.put("k", b"v", 1), lambda: store.add("k", b"v", 1),
-            lambda: store.delete("k"), lambda: store.lease("k", 1)]
+            lambda: store.delete("k"), lambda: store.lease("k", 1),
+            lambda: store.append("c", "m", time.time() + 5), lambda: store.members("c"),
+            lambda: store.publish("ch", "m")]
+
+
+async def test_a_collection_keeps_each_member_until_its_time(store: SharedStore) -> None:
+    assert await store.members("revoked") == []
+    now = time.time()
+    await store.append("revoked", "short", now + 0.3)
+    await store.append("revoked", "long", now + 30)
+    await store.append("revoked", "long", now + 20)  # an earlier time never shortens a member's life
+    assert sorted(await store.members("revoked")) == ["long", "short"]
+    await asyncio.sleep(0.5)
+    assert await store.members("revoked") == ["long"]
+
+
+async def test_a_collection_member_already_past_its_time_is_not_kept(store: SharedStore) -> None:
+    await store.append("revoked", "stale", time.time() - 1)
+    assert await store.members("revoked") == []
+
+
+async def test_a_message_published_reaches_every_listener_of_its_channel_only(store: SharedStore) -> None:
+    got: dict[str, list[str]] = {"a": [], "b": [], "other": []}
+    arrived = asyncio.Event()
+    subscribed = {name: asyncio.Event() for name in got}
+
+    def receiver(name: str) -> Callable[[str], None]:
+        def on_message(message: str) -> None:
+            got[name].append(message)
+            if got["a"] and got["b"]:
+                arrived.set()
+        return on_message
+
+    tasks = [asyncio.create_task(store.listen(
+        "other-channel" if name == "other" else "revoked", receiver(name),
+        on_failure=lambda reason: None, on_answer=subscribed[name].set)) for name in got]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in subscribed.values())), 5)
+        await store.publish("revoked", "entry-1")
+        await asyncio.wait_for(arrived.wait(), 1)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert got == {"a": ["entry-1"], "b": ["entry-1"], "other": []}
+
+
+async def test_a_listener_that_lost_its_host_store_says_so_and_comes_back(tmp_path: Path) -> None:
+    path = str(tmp_path / "store.sock")
+    server = HostStoreServer(path)
+    server.start()
+    client = HostStoreClient(path)
+    answers, failures = asyncio.Queue[str](), asyncio.Queue[str]()
+    task = asyncio.create_task(client.listen("revoked", lambda m: None,
+                                             on_failure=failures.put_nowait,
+                                             on_answer=lambda: answers.put_nowait("up")))
+    try:
+        assert await asyncio.wait_for(answers.get(), 5) == "up"
+        server.stop()
+        await asyncio.wait_for(failures.get(), 5)
+        server = HostStoreServer(path)
+        server.start()
+        assert await asyncio.wait_for(answers.get(), 10) == "up"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.close()
+        server.stop()
