@@ -33,6 +33,7 @@ from fixture import (
     user_cookies,
     write_lines,
 )
+from gateways import start_nginx_gateway
 from loads import openloop, websocket, wrk
 from procs import (
     LOAD_CORE,
@@ -63,7 +64,7 @@ from targets import (
 BENCH = Path(__file__).resolve().parent
 SAMPLE_METRICS = re.compile(
     r'^authsidecar_(token_validation_cache_total\{result="miss"\}|'
-    r'auth_decisions_total\{outcome="refreshed"\}) ([0-9.e+]+)$',
+    r'auth_decisions_total\{outcome="(?:refreshed|ok)"\}) ([0-9.e+]+)$',
     re.M,
 )
 BAD_WARMUP = 0.01  # a warm-up with more failed requests than this leaves the target out
@@ -159,11 +160,14 @@ class Bench:
                     wd, up, fx.issuer, CLIENT_ID, name="authsidecar-nocache", cache_size=0
                 ),
                 "apache-oidc": lambda: start_apache(wd, up, fx.issuer, CLIENT_ID, fx.public_pem, fx.kid),
+                # nginx in front of authsidecar: auth_request + /auth/verify, or proxy to the proxy.
+                "nginx-verify": lambda: start_nginx_gateway(wd, up, fx.issuer, CLIENT_ID, verify=True),
+                "nginx-sidecar": lambda: start_nginx_gateway(wd, up, fx.issuer, CLIENT_ID, verify=False),
             }
 
         # Targets only some scenarios use are started for those only.
         needed = {n for k in self.scenario_keys for n in BY_KEY[k].targets}
-        only_for = {"authsidecar-nocache", "apache-oidc"}
+        only_for = {"authsidecar-nocache", "apache-oidc", "nginx-verify", "nginx-sidecar"}
         plan = [
             (name, start) for name, start in starters(1).items()
             if name in wanted and (name not in only_for or name in needed)
@@ -181,6 +185,8 @@ class Bench:
                     "--no-install-recommends wrk haproxy nginx apache2 libapache2-mod-auth-openidc`)."
                 )
                 continue
+            if target.behind is not None:
+                self.procs.append(target.behind)  # stopped after the gateway in front of it
             self.procs.append(target.proc)
             self.targets[name] = target
             if target.admin:
@@ -188,7 +194,7 @@ class Bench:
         await self._check_auth()
         await asyncio.sleep(1.0)
         for name, target in self.targets.items():
-            self.memory[name] = {"rest": rss_mib(tree(target.pid))}
+            self.memory[name] = {"rest": rss_mib(target.pids())}
 
     async def _check_auth(self) -> None:
         """Targets that validate must accept the fixture's token and refuse a forged or expired one."""
@@ -199,14 +205,15 @@ class Bench:
         head, payload, signature = token.split(".")
         forged = f"{head}.{payload}.{signature[:-8]}AAAAAAAA"
         expired = fx.provider.mint_access_token("bob", exp=now - 600, iat=now - 4200)
-        cases = [("valid", token, 200), ("forged signature", forged, 401), ("expired", expired, 401)]
+        cases = [("valid", token, 200), ("forged signature", forged, 0), ("expired", expired, 0)]
         async with aiohttp.ClientSession() as session:
             for target in self.targets.values():
                 if not target.auth:
                     continue
-                for label, value, want in cases:
+                for label, value, status in cases:
+                    want = status or target.refusal
                     headers = {"Authorization": f"Bearer {value}"}
-                    async with session.get(target.url + "/", headers=headers) as r:
+                    async with session.get(target.url + "/", headers=headers, allow_redirects=False) as r:
                         if r.status != want:
                             raise RuntimeError(f"{target.name}: a {label} token got {r.status}, not {want}")
 
@@ -278,22 +285,34 @@ class Bench:
             return {}
         async with aiohttp.ClientSession() as session, session.get(admin + "/metrics") as resp:
             text = await resp.text()
-        return {m.group(1).split("{")[0]: float(m.group(2)) for m in SAMPLE_METRICS.finditer(text)}
+        # The cache counter by name (one label value matches); decisions by name and outcome.
+        return {
+            m.group(1) if m.group(1).startswith("auth_") else m.group(1).split("{")[0]: float(m.group(2))
+            for m in SAMPLE_METRICS.finditer(text)
+        }
 
     async def slice(self, sc: Scenario, target: Target, rnd: int, seconds: float) -> Slice:
         fx = self.fixture
         assert fx is not None
-        pids = tree(target.pid)
+        pids = target.pids()
+        # authsidecar's own processes: behind a gateway, or the target itself.
+        sidecar_pids = tree(target.behind.pid) if target.behind is not None else []
+        if sc.key == "verify" and target.name.startswith("authsidecar"):
+            sidecar_pids = pids
         counters = await self._counters(target)
         refreshes = fx.provider.calls["token:refresh_token"]
         self_cpu = resource.getrusage(resource.RUSAGE_SELF)
         cores, cpu0, wall0 = core_times(), cpu_seconds(pids), time.monotonic()
+        sidecar0 = cpu_seconds(sidecar_pids)
         result = await self.load(sc, target, seconds)
         cpu1, wall1, cores1 = cpu_seconds(pids), time.monotonic(), core_times()
+        sidecar1 = cpu_seconds(sidecar_pids)
         self_cpu1 = resource.getrusage(resource.RUSAGE_SELF)
         wall, cpu = wall1 - wall0, cpu1 - cpu0
         extra: dict[str, float] = {}
         count = int(result["count"])
+        if sidecar_pids:
+            extra["sidecar_cpu_s"] = sidecar1 - sidecar0  # per request over all slices: summarize()
         if sc.kind == "openloop":
             extra["sender_lag_p99"] = result["sender_lag_p99"]
         if sc.key == "big":
@@ -302,9 +321,13 @@ class Bench:
             extra["mbytes_per_s"] = result["rate"] * self.files["body"].stat().st_size / 1e6
         if counters and count:
             after = await self._counters(target)
-            if sc.key in ("users", "cookie", "cold", "forged"):
+            if sc.key in ("users", "cookie", "cold", "forged", "verify"):
                 name = "token_validation_cache_total"
                 extra["misses_per_req"] = (after.get(name, 0) - counters.get(name, 0)) / count
+            if sc.key == "verify":
+                # Every request authenticated and allowed by authsidecar (wrk takes a 302 for success).
+                name = 'auth_decisions_total{outcome="ok"}'
+                extra["allowed_per_req"] = (after.get(name, 0) - counters.get(name, 0)) / count
         if sc.refused and count:
             extra["refused_per_req"] = result["refused"] / count
         if sc.key == "refresh" and count:
@@ -371,7 +394,7 @@ class Bench:
                 slices.append(await self.slice(sc, self.targets[name], rnd, self.plan.seconds))
         for name in usable:
             mem = self.memory.setdefault(name, {"rest": float("nan")})
-            rss = rss_mib(tree(self.targets[name].pid))
+            rss = rss_mib(self.targets[name].pids())
             mem["after"] = max(mem.get("after", 0.0), rss)
             mem[f"after {sc.key}"] = rss
             print(f"[bench]   {name:<22} RSS after {sc.key}: {rss:.1f} MiB", flush=True)

@@ -29,6 +29,11 @@ PAIRS = (
     ("authsidecar-nocache", "bare"),
     ("authsidecar-nocache", "haproxy-jwt"),
     ("authsidecar-nocache", "apache-oidc"),
+    ("nginx-verify", "nginx-sidecar"),
+    ("nginx-verify", "haproxy-jwt"),
+    ("nginx-sidecar", "haproxy-jwt"),
+    ("nginx-verify", "nginx"),
+    ("nginx-sidecar", "authsidecar"),
 )
 BAD_ERRORS = 0.01  # a slice with more than 1% failed requests is flagged
 
@@ -84,6 +89,10 @@ def summarize(slices: list[Slice]) -> dict[str, dict[str, float]]:
         }
         for key in sorted({k for s in group for k in s.extra}):
             row[key] = _med([s.extra[key] for s in group if key in s.extra])
+        # authsidecar's own CPU (behind a gateway), per request as cpu_us: over all slices together.
+        if "sidecar_cpu_s" in row:
+            spent = sum(s.extra["sidecar_cpu_s"] for s in group)
+            row["sidecar_cpu_us"] = spent * 1e6 / count if count else float("nan")
         out[name] = row
     return out
 
@@ -261,7 +270,8 @@ def _scenario(key: str, sc: dict[str, Any]) -> list[str]:
     extra_cols = [
         c
         for c in (
-            "misses_per_req", "refused_per_req", "refreshes_per_req", "provider_cpu_us", "sender_lag_p99"
+            "sidecar_cpu_us", "allowed_per_req", "misses_per_req", "refused_per_req", "refreshes_per_req",
+            "provider_cpu_us", "sender_lag_p99",
         )
         if any(c in row for row in sc["summary"].values())
     ]
@@ -272,6 +282,8 @@ def _scenario(key: str, sc: dict[str, Any]) -> list[str]:
         head += " added p99 |"
     for c in extra_cols:
         head += {
+            "sidecar_cpu_us": " authsidecar CPU µs/req |",
+            "allowed_per_req": " allowed/req |",
             "misses_per_req": " cache misses/req |",
             "refused_per_req": " refused/req |",
             "refreshes_per_req": " refreshes/req |",
@@ -294,7 +306,7 @@ def _scenario(key: str, sc: dict[str, Any]) -> list[str]:
             if c == "sender_lag_p99":
                 row += f" {_us(value)} |"
             else:
-                row += f" {_n(value, 0 if c == 'provider_cpu_us' else 2)} |"
+                row += f" {_n(value, {'provider_cpu_us': 0, 'sidecar_cpu_us': 1}.get(c, 2))} |"
         flag = " ⚠" if r["count"] and r["errors"] / max(1, r["count"]) > BAD_ERRORS else ""
         foreign = "-" if r["foreign"] != r["foreign"] else f"{r['foreign'] * 100:.0f}%"
         row += f" {r['errors']}{flag} | {foreign} | {r['load_busy'] * 100:.0f}% |"

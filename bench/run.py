@@ -48,7 +48,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--targets",
-        default="authsidecar,authsidecar-quiet,authsidecar-nocache,bare,haproxy-jwt,nginx,apache-oidc",
+        default="authsidecar,authsidecar-quiet,authsidecar-nocache,bare,haproxy-jwt,nginx,apache-oidc,"
+        "nginx-verify,nginx-sidecar",
         help="comma-separated subset of the default",
     )
     parser.add_argument(
@@ -185,12 +186,13 @@ def _loadavg() -> str:
 
 def _method(bench: Bench) -> list[str]:
     p = bench.plan
+    headline = " and ".join(f"`{s.key}`" for s in SCENARIOS if s.headline)
     return [
         f"Cores: targets pinned to core {TARGET_CORE} (two-worker targets to all cores); upstream, wrk, "
         f"the Python load generators, the dev provider and the harness to core {LOAD_CORE} (`taskset`).",
         f"Each scenario: a {p.warmup} s warm-up per target (not recorded; with --quick only before wrk "
         f"scenarios), then rounds of one {p.seconds} s slice per target ({p.headline_rounds} rounds for "
-        f"the cookie scenario, {p.openloop_rounds} for the open-loop ones, {p.rounds} for the others), "
+        f"{headline}, {p.openloop_rounds} for the open-loop ones, {p.rounds} for the others), "
         "the order rotating every round. Throughput and latency: median over slices; CPU per request: "
         "the target's utime+stime (/proc/PID/stat, whole process tree) over all its slices divided by "
         "its completed requests.",

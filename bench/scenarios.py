@@ -111,6 +111,26 @@ SCENARIOS: tuple[Scenario, ...] = (
         refused=True,
     ),
     Scenario(
+        "verify",
+        "Behind nginx: auth_request + /auth/verify vs nginx → authsidecar (cookie, cache warm)",
+        "The `cookie` load (a browser's session cookie, validation cache warm) through nginx in front of "
+        "authsidecar, two ways. `nginx-verify`: nginx `auth_request` sends every request's headers to "
+        "authsidecar's `/auth/verify` (a subrequest with `X-Original-URI`/`-Method`, no body) and, on "
+        "its 200, proxies the request to the app itself with the identity headers taken from the answer "
+        "(`auth_request_set`) and the app's own cookies (`X-Authsidecar-Cookie`); authsidecar runs "
+        "without an upstream (`upstream: null`), as in a forward-auth deployment. `nginx-sidecar`: nginx "
+        "`proxy_pass` to authsidecar in its normal proxy mode, which proxies to the app. nginx has one "
+        "worker and keep-alive connections to authsidecar and the app; nginx and authsidecar both run "
+        "on the target core, so each pair is measured whole against HAProxy `jwt_verify` (C, one process, "
+        "same core), authsidecar alone and nginx alone (no auth, the floor). *CPU µs/req* is the whole "
+        "target's (nginx and authsidecar); *authsidecar CPU µs/req* is authsidecar's own process alone "
+        "(for `nginx-verify`: what serving one verify subrequest costs it).",
+        "wrk",
+        ("nginx-verify", "nginx-sidecar", "haproxy-jwt", "authsidecar", "nginx"),
+        script="cookie.lua",
+        headline=True,  # the ratios of the forward-auth question: as many rounds as cookie
+    ),
+    Scenario(
         "refresh",
         "Expired access token, transparent refresh",
         "GET / with an expired access token and a live refresh token (`cookies.refresh_token_path: "

@@ -6,6 +6,7 @@
 * ``nginx``        nginx ``proxy_pass``, no auth: the C floor
 * ``apache-oidc``  Apache httpd with mod_auth_openidc in its OAuth 2.0 resource-server mode
                    (``AuthType oauth20``): every Bearer token verified in C with the provider's key
+* ``nginx-verify``, ``nginx-sidecar``  nginx with authsidecar behind it (bench/gateways.py)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import aiohttp
 import yaml
-from procs import ALL_CORES, TARGET_CORE, Proc, free_port, output, spawn
+from procs import ALL_CORES, TARGET_CORE, Proc, free_port, output, spawn, tree
 
 BENCH = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
@@ -39,10 +40,17 @@ class Target:
     version: str = ""
     on_target_core: bool = True  # False for the upstream itself ("direct")
     admin: str = ""  # authsidecar's admin listener (metrics)
+    # A gateway's authsidecar (nginx-verify, nginx-sidecar): its CPU and memory count as the target's.
+    behind: Proc | None = None
+    refusal: int = 401  # the answer to a forged or expired token (nginx-verify: its login redirect)
 
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def pids(self) -> list[int]:
+        """Every process of the target: its process tree and that of the authsidecar behind it."""
+        return tree(self.pid) + (tree(self.behind.pid) if self.behind is not None else [])
 
 
 async def wait_http(url: str, want: set[int], proc: Proc, within: float = 30.0, times: int = 1) -> None:
@@ -57,7 +65,8 @@ async def wait_http(url: str, want: set[int], proc: Proc, within: float = 30.0, 
             if not proc.alive():
                 raise RuntimeError(f"{proc.name} exited during start-up:\n{proc.tail()}")
             try:
-                async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                timeout = aiohttp.ClientTimeout(total=2)
+                async with session.get(url, timeout=timeout, allow_redirects=False) as resp:
                     if resp.status in want:
                         streak += 1
                         if streak >= times:
@@ -75,19 +84,21 @@ def sidecar_config(
     *,
     port: int,
     admin_port: int,
-    upstream: str,
+    upstream: str | None,
     issuer: str,
     client_id: str,
     name: str = "authsidecar",
     level: str = "info",
     cache_size: int = CACHE_SIZE,
+    trust_loopback: bool = False,
 ) -> Path:
     base = f"http://127.0.0.1:{port}"
     config = {
         "dev_mode": True,  # http:// issuer and non-Secure cookies on loopback
         "listen": {"host": "127.0.0.1", "port": port, "shutdown_grace": 2},
         "admin": {"host": "127.0.0.1", "port": admin_port},
-        "upstream": {"url": upstream},
+        # None: no app behind it (forward-auth only: /auth/*, /auth/verify and the admin port).
+        "upstream": {"url": upstream} if upstream is not None else None,
         "oidc": {
             "issuer": issuer,
             "provider": "cognito",
@@ -103,6 +114,9 @@ def sidecar_config(
         "tokens": {"validation_cache_size": cache_size},
         "logging": {"level": level, "format": "json"},
     }
+    if trust_loopback:
+        # Behind nginx on loopback: its X-Original-URI / X-Forwarded-* are believed.
+        config["trusted_proxies"] = ["127.0.0.1/32"]
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -115,13 +129,14 @@ def _placement(workers: int) -> tuple[int | str, str]:
 
 async def start_sidecar(
     workdir: Path,
-    upstream: str,
+    upstream: str | None,
     issuer: str,
     client_id: str,
     name: str = "authsidecar",
     level: str = "info",
     workers: int = 1,
     cache_size: int = CACHE_SIZE,
+    trust_loopback: bool = False,
 ) -> Target:
     cores, suffix = _placement(workers)
     name += suffix
@@ -136,6 +151,7 @@ async def start_sidecar(
         name=name,
         level=level,
         cache_size=cache_size,
+        trust_loopback=trust_loopback,
     )
     cmd = [str(VENV_BIN / "authsidecar"), "serve", "--config", str(config)]
     if workers > 1:
