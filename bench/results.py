@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import fleet
 from scenarios import BY_KEY
 
 # Ratios reported when both sides ran: (numerator, denominator).
@@ -25,6 +27,8 @@ PAIRS = (
     ("authsidecar", "haproxy-jwt"),
     ("authsidecar", "nginx"),
     ("authsidecar", "authsidecar-quiet"),
+    ("authsidecar-server", "authsidecar"),
+    ("authsidecar-server", "bare"),
 )
 BAD_ERRORS = 0.01  # a slice with more than 1% failed requests is flagged
 
@@ -243,8 +247,15 @@ def render(run: dict[str, Any]) -> str:
         ]
     if run.get("profile"):
         lines += ["", "## Profile of authsidecar under the cookie load (py-spy)", ""] + run["profile"]
+    lines += fleet.render(run)
     lines += ["", "## Notes", ""] + [f"- {n}" for n in run["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def render_section(run: dict[str, Any], title: str) -> str:
+    """The same report as one section to append to an existing RESULTS.md (headings one level down)."""
+    body = render(run).split("\n", 2)[2]
+    return f"\n## {title}\n\n" + re.sub(r"^(#+) ", r"#\1 ", body, flags=re.M)
 
 
 def _scenario(key: str, sc: dict[str, Any]) -> list[str]:

@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import yaml
@@ -77,6 +78,7 @@ def sidecar_config(
     client_id: str,
     name: str = "authsidecar",
     level: str = "info",
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     base = f"http://127.0.0.1:{port}"
     config = {
@@ -99,6 +101,8 @@ def sidecar_config(
         "tokens": {"validation_cache_size": CACHE_SIZE},
         "logging": {"level": level, "format": "json"},
     }
+    for section, values in (extra or {}).items():  # fleet mode: the store, sessions, a known secret
+        config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -117,6 +121,7 @@ async def start_sidecar(
     name: str = "authsidecar",
     level: str = "info",
     workers: int = 1,
+    extra: dict[str, Any] | None = None,
 ) -> Target:
     cores, suffix = _placement(workers)
     name += suffix
@@ -130,6 +135,7 @@ async def start_sidecar(
         client_id=client_id,
         name=name,
         level=level,
+        extra=extra,
     )
     cmd = [str(VENV_BIN / "authsidecar"), "serve", "--config", str(config)]
     if workers > 1:
