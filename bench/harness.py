@@ -33,6 +33,7 @@ from fixture import (
     user_cookies,
     write_lines,
 )
+from fleet import SESSION_COOKIE, Seeder, start_redis, store_config
 from gateways import start_nginx_gateway
 from loads import openloop, websocket, wrk
 from procs import (
@@ -100,6 +101,8 @@ class Bench:
         self.admin: dict[str, str] = {}
         self.offset: collections.Counter[tuple[str, str]] = collections.Counter()  # rotation files
         self.half_rate = 0.0
+        self.redis: Proc | None = None  # fleet mode: the store of authsidecar-server and the storms
+        self.session_cookie = ""  # authsidecar-server's browser: its session id only
         self.deadline = time.monotonic() + args.max_minutes * 60
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -145,12 +148,25 @@ class Bench:
         self.files["body"] = body
         print(f"[bench] credentials minted in {time.monotonic() - started:.1f}s", flush=True)
         up, wd = self.upstream_url, self.workdir
+        if wanted & {"authsidecar-server"} or {"refresh-storm", "sessions-rss"} & set(self.args.scenarios):
+            self.redis = await start_redis(self.workdir)
+            if self.redis is None:
+                self.notes.append("redis-server: not installed, the fleet rows are missing "
+                                  "(as root: `apt-get install -y --no-install-recommends redis-server`).")
+                wanted.discard("authsidecar-server")
+            else:
+                self.procs.append(self.redis)
+        redis_url = self.redis.extra["url"] if self.redis is not None else ""
 
         def starters(n: int) -> dict[str, Callable[[], Awaitable[Target | None]]]:
             return {
                 "authsidecar": lambda: start_sidecar(wd, up, fx.issuer, CLIENT_ID, workers=n),
                 "authsidecar-quiet": lambda: start_sidecar(
                     wd, up, fx.issuer, CLIENT_ID, name="authsidecar-quiet", level="warning", workers=n
+                ),
+                "authsidecar-server": lambda: start_sidecar(
+                    wd, up, fx.issuer, CLIENT_ID, name="authsidecar-server", workers=n,
+                    extra=store_config(redis_url, "bench:", server_sessions=True),
                 ),
                 "bare": lambda: start_bare(wd, up, workers=n),
                 "haproxy-jwt": lambda: start_haproxy(wd, up, fx.issuer, CLIENT_ID, fx.public_pem, workers=n),
@@ -191,6 +207,13 @@ class Bench:
             self.targets[name] = target
             if target.admin:
                 self.admin[name] = target.admin
+        if "authsidecar-server" in self.targets:
+            seeder = Seeder(redis_url, "bench:")
+            alice = fx.provider.user("alice")
+            assert alice is not None
+            session_id = await seeder.session(fx.provider.issue_tokens(alice), alice.sub)
+            self.session_cookie = f"{SESSION_COOKIE}={session_id}"
+            await seeder.close()
         await self._check_auth()
         await asyncio.sleep(1.0)
         for name, target in self.targets.items():
@@ -241,6 +264,8 @@ class Bench:
             return {"BENCH_TOKEN": fx.bearer}
         if sc.key == "upload":
             return {"BENCH_TOKEN": fx.bearer, "BENCH_BODY_FILE": str(self.files["body"])}
+        if target == "authsidecar-server":
+            return {"BENCH_COOKIE": self.session_cookie}
         return {"BENCH_COOKIE": fx.cookie}
 
     def env_of(self, key: str, target: str = "") -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import fleet
 from scenarios import BY_KEY
 
 # Ratios reported when both sides ran: (numerator, denominator).
@@ -34,6 +36,8 @@ PAIRS = (
     ("nginx-sidecar", "haproxy-jwt"),
     ("nginx-verify", "nginx"),
     ("nginx-sidecar", "authsidecar"),
+    ("authsidecar-server", "authsidecar"),
+    ("authsidecar-server", "bare"),
 )
 BAD_ERRORS = 0.01  # a slice with more than 1% failed requests is flagged
 
@@ -259,8 +263,15 @@ def render(run: dict[str, Any]) -> str:
     if run.get("profile_cold"):
         title = "## Profile of authsidecar-nocache under the cold load (py-spy)"
         lines += ["", title, ""] + run["profile_cold"]
+    lines += fleet.render(run)
     lines += ["", "## Notes", ""] + [f"- {n}" for n in run["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def render_section(run: dict[str, Any], title: str) -> str:
+    """The same report as one section to append to an existing RESULTS.md (headings one level down)."""
+    body = render(run).split("\n", 2)[2]
+    return f"\n## {title}\n\n" + re.sub(r"^(#+) ", r"#\1 ", body, flags=re.M)
 
 
 def _scenario(key: str, sc: dict[str, Any]) -> list[str]:

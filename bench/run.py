@@ -26,14 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from bigupload import upload_rss
+from fleet import refresh_storm, sessions_rss
 from harness import BENCH, Bench
 from procs import LOAD_CORE, TARGET_CORE
 from profiling import profile_load, profile_sidecar
-from results import machine, render
+from results import machine, render, render_section
 from scenarios import BY_KEY, SCENARIOS
 
 # Steps beyond the load scenarios: the 1 GiB upload's memory, and the validator micro-benchmark.
-EXTRA = ("upload-1g", "micro")
+# Fleet mode (needs redis-server): the refresh storm over two replicas, 10,000 cached server sessions.
+EXTRA = ("upload-1g", "micro", "refresh-storm", "sessions-rss")
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -68,6 +70,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=BENCH / "RESULTS.md")
     parser.add_argument("--max-minutes", type=float, default=15.0, help="stop starting new rounds after this")
+    parser.add_argument("--append-section", metavar="TITLE", default="",
+                        help="append this run to --out as one section under TITLE instead of replacing it")
     args = parser.parse_args(argv)
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = [s for s in args.scenarios if s not in BY_KEY and s not in EXTRA]
@@ -78,6 +82,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         args.targets.discard("authsidecar-quiet")
     if "halfrate" in args.scenarios:
         args.targets.add("bare")
+    if {"server-session", "sessions-rss"} & set(args.scenarios):
+        args.targets |= {"authsidecar-server", "authsidecar"}
     defaults = parser.get_default("scenarios").split(",")
     if args.quick and args.scenarios == defaults:
         args.scenarios = [s for s in defaults if s not in ("halfrate-sidecar", "cookie-2w")]
@@ -146,6 +152,28 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     rss = f"{got['rss_before']:.1f} -> peak {got['rss_peak']:.1f} -> {got['rss_after']:.1f}"
                     print(f"[bench]   {name:<18} status {got['status']}  {got['mib_per_s']:,.0f} MiB/s  "
                           f"RSS {rss} MiB", flush=True)
+        if "refresh-storm" in args.scenarios and bench.redis is not None:
+            run["refresh_storm"] = []
+            for mode in ("cookie", "server"):
+                print(f"[bench] refresh-storm: two replicas, {mode} sessions", flush=True)
+                storm = await refresh_storm(
+                    workdir, bench.upstream_url, bench.redis.extra["url"], bench.procs,
+                    mode=mode, sessions=100 if args.quick else 500)
+                run["refresh_storm"].append(storm)
+                print(f"[bench]   {storm['sessions']} sessions, {storm['requests']} requests: "
+                      f"{storm['token_requests']} token requests, statuses {storm['statuses']}, "
+                      f"{storm['sessions_alive']} still signed in, roles {storm['roles']}", flush=True)
+        if "sessions-rss" in args.scenarios and "authsidecar-server" in bench.targets and bench.fixture:
+            print("[bench] sessions-rss: 10,000 server sessions through one worker's cache", flush=True)
+            run["sessions_rss"] = got = await sessions_rss(
+                bench.fixture.provider, bench.targets["authsidecar-server"], bench.targets.get("authsidecar"),
+                bench.redis.extra["url"] if bench.redis else "", "bench:")
+            for mode in ("server", "cookie"):
+                if mode in got:
+                    m = got[mode]
+                    print(f"[bench]   {mode}: RSS {m['before']:.1f} -> {m['after']:.1f} MiB "
+                          f"({m['per_session_kib']:.2f} KiB per session), statuses {m['statuses']}",
+                          flush=True)
         if "micro" in args.scenarios and bench.fixture is not None:
             print("[bench] micro: validator alone", flush=True)
             run["micro"] = await bench.micro()
@@ -226,7 +254,10 @@ def main(argv: list[str] | None = None) -> int:
         run = asyncio.run(main_async(args))
     else:
         run = uvloop.run(main_async(args))
-    args.out.write_text(render(run))
+    if args.append_section:
+        args.out.write_text(args.out.read_text() + render_section(run, args.append_section))
+    else:
+        args.out.write_text(render(run))
     print(f"[bench] wrote {args.out} in {run['elapsed'] / 60:.1f} minutes", flush=True)
     return 0
 

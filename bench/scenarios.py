@@ -55,6 +55,20 @@ SCENARIOS: tuple[Scenario, ...] = (
         workers=2,
     ),
     Scenario(
+        "server-session",
+        "Server session vs token cookies (warm)",
+        "GET / as in `cookie`, three ways: `authsidecar-server` runs `sessions.mode: server` on a "
+        "redis-server (on the load core) and the browser sends only its opaque session cookie (the "
+        "session seeded into Redis as a login would leave it); `authsidecar` carries the tokens in its "
+        "cookies (the default); `bare` is the floor. Warm: the session is in the worker's memory "
+        "(a Redis read at most every `sessions.cache_seconds`, 5 s), the token in the validation cache. "
+        "Target: server sessions at 0.95 or more of token cookies.",
+        "wrk",
+        ("authsidecar-server", "authsidecar", "bare"),
+        script="cookie.lua",
+        headline=True,
+    ),
+    Scenario(
         "bearer",
         "Bearer token (validation cache warm)",
         "GET / with `Authorization: Bearer` and one access token, and no other header but `Host`, "

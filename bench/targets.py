@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import yaml
@@ -91,6 +92,7 @@ def sidecar_config(
     level: str = "info",
     cache_size: int = CACHE_SIZE,
     trust_loopback: bool = False,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     base = f"http://127.0.0.1:{port}"
     config = {
@@ -117,6 +119,8 @@ def sidecar_config(
     if trust_loopback:
         # Behind nginx on loopback: its X-Original-URI / X-Forwarded-* are believed.
         config["trusted_proxies"] = ["127.0.0.1/32"]
+    for section, values in (extra or {}).items():  # fleet mode: the store, sessions, a known secret
+        config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -137,6 +141,7 @@ async def start_sidecar(
     workers: int = 1,
     cache_size: int = CACHE_SIZE,
     trust_loopback: bool = False,
+    extra: dict[str, Any] | None = None,
 ) -> Target:
     cores, suffix = _placement(workers)
     name += suffix
@@ -152,6 +157,7 @@ async def start_sidecar(
         level=level,
         cache_size=cache_size,
         trust_loopback=trust_loopback,
+        extra=extra,
     )
     cmd = [str(VENV_BIN / "authsidecar"), "serve", "--config", str(config)]
     if workers > 1:

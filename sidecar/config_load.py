@@ -33,7 +33,8 @@ from sidecar.errors import ConfigError
 ENV_PREFIX = "AUTHSIDECAR_"
 SECRET_ENV = ENV_PREFIX + "COOKIES__SECRET"
 FILE_SUFFIX = "_file"
-_VERBATIM = frozenset({"client_id", "client_secret", "secret", "revoke_token"})
+_VERBATIM = frozenset({"client_id", "client_secret", "secret", "revoke_token", "password", "username",
+                       "key_prefix"})
 # Valid stand-ins for required keys whose own value failed, so the cross-key rules that do not read
 # them can still run in the same round (the rules that read them are skipped).
 STAND_INS: dict[str, Any] = {
@@ -92,6 +93,9 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 def _section(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
     """The model class of a field (and whether the field is a tuple of them), or None."""
+    args = typing.get_args(annotation)
+    if type(None) in args:  # an optional section (`redis: RedisSettings | None`): its *_file keys too
+        annotation = next(a for a in args if a is not type(None))
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation, False
     if typing.get_origin(annotation) is tuple:

@@ -80,6 +80,40 @@ def test_a_file_key_inside_a_rule_is_read_and_an_unreadable_one_named_with_its_i
     assert parse_settings({**BASE, "rules": [{"path_file": str(good)}]}).rules[0].path == "/admin/**"
 
 
+def test_a_file_key_inside_an_optional_section_is_read(tmp_path: Path) -> None:
+    # store.redis is `RedisSettings | None`: its password_file is read like any section's.
+    password = tmp_path / "redis-password"
+    password.write_text("from-a-file\n", encoding="utf-8")
+    store = {"backend": "redis", "redis": {"url": "rediss://cache.example.internal:6379/0",
+                                           "password_file": str(password)}}
+
+    settings = parse_settings({**BASE, "store": store})
+
+    assert settings.store.redis is not None
+    assert settings.store.redis.password is not None
+    assert settings.store.redis.password.get_secret_value() == "from-a-file"
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        pytest.param("AUTHSIDECAR_STORE__REDIS__KEY_PREFIX", "app:", id="key-prefix-ending-in-a-colon"),
+        pytest.param("AUTHSIDECAR_STORE__REDIS__PASSWORD", "#like-a-comment", id="password-leading-hash"),
+        pytest.param("AUTHSIDECAR_STORE__REDIS__PASSWORD", "123456", id="password-digits"),
+        pytest.param("AUTHSIDECAR_STORE__REDIS__USERNAME", "null", id="username-yaml-null"),
+    ],
+)
+def test_redis_credentials_and_prefix_from_the_environment_are_taken_as_written(name: str, raw: str) -> None:
+    environ = {"AUTHSIDECAR_STORE__BACKEND": "redis",
+               "AUTHSIDECAR_STORE__REDIS__URL": "rediss://cache.example.internal:6379/0", name: raw}
+
+    redis = parse_settings(BASE, environ).store.redis
+
+    assert redis is not None
+    value = getattr(redis, name.rsplit("__", 1)[1].lower())
+    assert (value.get_secret_value() if hasattr(value, "get_secret_value") else value) == raw
+
+
 def test_an_unreadable_file_is_one_line_and_its_key_is_not_also_reported_missing() -> None:
     data = {**BASE, "oidc": {"issuer": "https://idp.example.com", "client_id_file": "/nonexistent/id"}}
 

@@ -28,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from sidecar.auth import cookies as ck
 from sidecar.auth.cookies import CookieKind, CookiePolicy
@@ -43,6 +43,21 @@ from sidecar.store.watch import StoreWatch
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")
 CHANNEL = "sessions"
 _CACHE_MAX = 10_000
+# Cookie headers whose parse is kept (a server session's header is ~100 bytes: 1,024 are ~300 KiB).
+_HEADS_MAX = 1024
+
+
+class _Head:
+    """One Cookie header, parsed once: its session's key, and the Session last built for it."""
+
+    __slots__ = ("empty", "key", "record", "session")
+
+    def __init__(self, key: str | None, xsrf: str | None, *, malformed: bool = False) -> None:
+        self.key = key
+        # A session id of the wrong shape (forged, truncated, not ASCII) is told apart from none.
+        self.empty = Session(xsrf=xsrf, malformed=malformed)
+        self.record: dict[str, Any] | None = None
+        self.session = self.empty
 
 
 class ServerStore:
@@ -64,22 +79,35 @@ class ServerStore:
         self._xsrf = policy.name("xsrf")
         # Redis key -> (served from memory until, the tokens or None for "no such session").
         self._cache: OrderedDict[str, tuple[float, dict[str, Any] | None]] = OrderedDict()
+        self._heads: dict[str, _Head] = {}
 
     # -- the SessionStore contract ------------------------------------------------------------------
 
     async def load(self, request: web.Request) -> Session:
-        pairs = self.cookies.pairs(request)
-        xsrf = pairs.get(self._xsrf)
-        sid = pairs.get(self._name)
-        key = _key_of(sid)
-        if key is None:
-            # A session id of the wrong shape (forged, truncated, not ASCII) is told apart from none.
-            return Session(xsrf=xsrf, malformed=bool(sid))
-        record = await self._record(key)
+        # The hot path: a browser repeats its Cookie header, so its parse (the id's digest included)
+        # and the Session built from an unchanged record are reused.
+        raw = request.headers.get(hdrs.COOKIE)
+        head = self._heads.get(raw) if raw else None
+        if head is None:
+            pairs = self.cookies.pairs(request)
+            sid = pairs.get(self._name)
+            key = _key_of(sid)
+            head = _Head(key, pairs.get(self._xsrf), malformed=key is None and bool(sid))
+            if raw:
+                if len(self._heads) >= _HEADS_MAX:
+                    self._heads.clear()
+                self._heads[raw] = head
+        if head.key is None:
+            return head.empty
+        record = await self._record(head.key)
         if record is None:
-            return Session(xsrf=xsrf)
-        return Session(access_token=record.get("access_token"), id_token=record.get("id_token"),
-                       refresh_token=record.get("refresh_token"), xsrf=xsrf)
+            # Well-formed but unknown (logged out, expired, another deployment's): no session.
+            return head.empty
+        if head.record is not record:
+            head.session = Session(access_token=record.get("access_token"), id_token=record.get("id_token"),
+                                   refresh_token=record.get("refresh_token"), xsrf=head.empty.xsrf)
+            head.record = record
+        return head.session
 
     async def save(self, request: web.Request, tokens: Tokens) -> ApplyToResponse:
         pairs = self.cookies.pairs(request)

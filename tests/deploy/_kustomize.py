@@ -1,4 +1,4 @@
-"""A minimal kustomize: enough to render deploy/k8s (and its components) without the binary.
+"""A minimal kustomize: enough to render deploy/k8s, its components and overlays without the binary.
 
 It knows only the fields deploy/k8s uses and refuses any other, so that a new kustomize feature
 in the manifests fails here instead of being silently skipped. Generated names get no content
@@ -53,6 +53,9 @@ def _resources(root: Path, paths: Sequence[str]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for name in paths:
         path = root / name
+        if path.is_dir():  # a base: rendered with its own transformations first, as kustomize does
+            out += render(path)
+            continue
         assert path.is_file(), f"{path} listed in {root / 'kustomization.yaml'} does not exist"
         out += [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]
     return out

@@ -25,10 +25,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import secrets
 import socket
 import ssl
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ from sidecar.observability import make_logger
 from sidecar.oidc.provider import PROVIDER
 from sidecar.server import Sidecar
 from tests.conftest import FakeClock
+from tests.redis_server import RedisServer
 
 CHROMIUM = Path(os.environ.get("AUTHSIDECAR_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -186,6 +188,26 @@ async def serve(exits: AsyncExitStack, app: web.Application, ssl_context: ssl.SS
 
 @pytest_asyncio.fixture(loop_scope="package")
 async def topology(certificates: Certificates) -> AsyncIterator[Topology]:
+    async with start_topology(certificates) as started:
+        yield started
+
+
+@pytest_asyncio.fixture(loop_scope="package")
+async def server_session_topology(
+    certificates: Certificates, redis_server: RedisServer
+) -> AsyncIterator[Topology]:
+    """The same stack with server sessions on a real redis-server, under a key prefix of its own."""
+    prefix = f"e2e-{secrets.token_hex(4)}:"
+    store = {"backend": "redis", "redis": {"url": redis_server.url, "key_prefix": prefix}}
+    async with start_topology(certificates, {"store": store, "sessions": {"mode": "server"}}) as started:
+        yield started
+
+
+@asynccontextmanager
+async def start_topology(
+    certificates: Certificates, extra: dict[str, Any] | None = None
+) -> AsyncIterator[Topology]:
+    """Every server of the picture above; ``extra``: more sidecar settings (sections replaced whole)."""
     async with AsyncExitStack() as exits:
         tls = certificates.server_context()
         # Bound now and handed to the sidecar, so no other server here can take the port first.
@@ -229,6 +251,7 @@ async def topology(certificates: Certificates) -> AsyncIterator[Topology]:
                 "csrf": {"cookie_domain": COOKIE_DOMAIN},
                 "cors": {"allowed_origins": [app]},
                 "logging": {"level": "info", "format": "json"},
+                **(extra or {}),
             },
         )
         registry = CollectorRegistry()
