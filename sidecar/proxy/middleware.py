@@ -163,6 +163,7 @@ def edge_middleware(metrics: Metrics, log: Logger, mapper: ErrorMapper, *, acces
     requests = metrics.requests
     in_flight = metrics.in_flight
     access = AccessLog(log, access_log)
+    rejection_log = RejectionLog(log)
     counters: dict[tuple[str, int], Any] = {}
     # Request ids: a random per-process prefix and a counter. Unique without a syscall per request
     # (uuid4 reads os.urandom every time); they identify, they are not secrets.
@@ -183,7 +184,7 @@ def edge_middleware(metrics: Metrics, log: Logger, mapper: ErrorMapper, *, acces
                 response = await handler(request)
             except SidecarError as exc:
                 response = mapper.response(request, exc)
-                _log_rejection(log, request, exc, rid)
+                _log_rejection(log, rejection_log, request, exc, rid)
             except web.HTTPException as exc:
                 if exc.status < 400:
                     # Redirects and the like stay aiohttp's to send.
@@ -215,13 +216,43 @@ def edge_middleware(metrics: Metrics, log: Logger, mapper: ErrorMapper, *, acces
     return edge
 
 
-def _log_rejection(log: Logger, request: web.Request, exc: SidecarError, rid: str) -> None:
+class RejectionLog:
+    """The ``auth_rejected`` line, at most once a second per reason, with how many it stands for.
+
+    Under a flood of forged or garbage credentials a line per request would cost more than the
+    refusal itself (a structlog line is ~30 µs) and bury the log; every refusal is still counted in
+    ``authsidecar_auth_decisions_total``. A line carries ``suppressed``: the refusals of that reason
+    since the previous line that got none of their own.
+    """
+
+    def __init__(self, log: Logger, *, interval: float = 1.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._log = log
+        self._interval = interval
+        self._monotonic = monotonic
+        # reason -> (when its last line was written, refusals since without a line)
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def __call__(self, exc: AuthRejected, request_id: str) -> None:
+        now = self._monotonic()
+        last = self._last.get(exc.reason)
+        if last is not None and now - last[0] < self._interval:
+            self._last[exc.reason] = (last[0], last[1] + 1)
+            return
+        suppressed = last[1] if last is not None else 0
+        self._last[exc.reason] = (now, 0)
+        self._log.info("auth_rejected", reason=exc.reason, kind=type(exc).__name__, request_id=request_id,
+                       suppressed=suppressed)
+
+
+def _log_rejection(log: Logger, rejections: RejectionLog, request: web.Request, exc: SidecarError,
+                   rid: str) -> None:
     if isinstance(exc, UpstreamError):
         log.warning("upstream_error", kind=exc.kind, request_id=rid, method=request.method)
     elif isinstance(exc, ProviderError):
         log.warning("provider_error", reason=exc.reason, request_id=rid)
     elif isinstance(exc, AuthRejected) and exc.reason != "missing":
-        log.info("auth_rejected", reason=exc.reason, kind=type(exc).__name__, request_id=rid)
+        rejections(exc, rid)
 
 
 def cors_middleware(cors: CorsPolicy, metrics: Metrics) -> Middleware:
