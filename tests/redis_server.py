@@ -48,7 +48,7 @@ def _spawn(port: int, workdir: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def _wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
+def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
     for _ in range(200):
         if process.poll() is not None:
             raise RuntimeError(f"redis-server exited with {process.returncode}")
@@ -73,5 +73,5 @@ def start_redis(workdir: Path, port: int) -> RedisServer:
     if not Path(REDIS_SERVER).exists():
         pytest.fail("redis-server is missing: `apt-get install redis-server` (scripts/test.sh does)")
     process = _spawn(port, workdir)
-    _wait_listening(port, process)
+    wait_listening(port, process)
     return RedisServer(port, process)
