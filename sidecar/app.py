@@ -40,6 +40,7 @@ from sidecar.config import Settings
 from sidecar.identity import Clock
 from sidecar.observability import LOGGER, Logger, Metrics, flush_logs, make_logger
 from sidecar.oidc.provider import PROVIDER, ProviderLink
+from sidecar.proxy.access import AccessPolicy
 from sidecar.proxy.cors import CorsPolicy
 from sidecar.proxy.forward import FORWARDER, Forwarder
 from sidecar.proxy.gate import Gate
@@ -160,8 +161,8 @@ def create_app(
     headers = HeaderPolicy(settings.identity_headers, settings.trusted_proxies,
                            cookie_filter=cookies.for_app, assertion=signer)
     rules, public = RuleSet(settings.rules), PathSet(settings.public_paths)
-    verify = Verify(authenticator=authenticator, rules=rules, public=public, headers=headers,
-                    login_url=origin + LOGIN_PATH, metrics=metrics)
+    access = AccessPolicy(authenticator=authenticator, rules=rules, public=public, metrics=metrics)
+    verify = Verify(access=access, headers=headers, login_url=origin + LOGIN_PATH)
 
     cors = CorsPolicy(settings.cors)
     middlewares = [
@@ -237,8 +238,7 @@ def create_app(
         app.router.add_get(JWKS_PATH, _jwks_handler(signer))
     if forwarder is not None:
         # Everything else goes to the app (without one: a JSON 404).
-        gate = Gate(authenticator=authenticator, rules=rules, public=public, headers=headers,
-                    forwarder=forwarder, metrics=metrics)
+        gate = Gate(access=access, headers=headers, forwarder=forwarder)
         app.router.add_route("*", "/{tail:.*}", gate.handle)
     return app
 

@@ -30,12 +30,10 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from sidecar.auth.authenticate import Authenticator
-from sidecar.errors import AmbiguousPath, BadOriginalRequest, Forbidden, RefreshFailed, TokenRejected
+from sidecar.errors import BadOriginalRequest, RefreshFailed, TokenRejected
 from sidecar.keys import IDENTITY, LOGIN_URL, RESPONSE_HOOKS, ROUTE_CLASS
-from sidecar.observability import Metrics
+from sidecar.proxy.access import AccessPolicy
 from sidecar.proxy.headers import HeaderPolicy
-from sidecar.proxy.rules import PathSet, RuleSet, check_path
 
 VERIFY_PATH: Final = "/auth/verify"
 # nginx refuses request lines past its large_client_header_buffers (8 KiB by default) anyway.
@@ -50,19 +48,11 @@ _ORIGINAL_URL = re.compile(r"(https?://[A-Za-z0-9.:\[\]-]+)(/[\x21-\x7e]*)?")
 class Verify:
     """The forward-auth handler."""
 
-    def __init__(self, *, authenticator: Authenticator, rules: RuleSet, public: PathSet,
-                 headers: HeaderPolicy, login_url: str, metrics: Metrics) -> None:
-        self.authenticator = authenticator
-        self.rules = rules
-        self.public = public
+    def __init__(self, *, access: AccessPolicy, headers: HeaderPolicy, login_url: str) -> None:
+        self.access = access
         self.headers = headers
         # The sidecar's own absolute login URL (its public origin + /auth/login).
         self.login_url = login_url
-        decisions = metrics.auth_decisions
-        self._ok = decisions.labels(outcome="ok")
-        self._public = decisions.labels(outcome="public")
-        self._forbidden = decisions.labels(outcome="forbidden_by_rule")
-        self._ambiguous = decisions.labels(outcome="ambiguous_path")
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         request[ROUTE_CLASS] = "verify"
@@ -76,30 +66,15 @@ class Verify:
                 request[RESPONSE_HOOKS] = []
             judged = request.clone(method=method, rel_url=URL(target, encoded=True))
         path = judged.path
-        try:
-            # Before the public paths: "/public/../admin" must not pass as public.
-            check_path(path)
-        except AmbiguousPath:
-            self._ambiguous.inc()
-            raise
+        self.access.vet(path)
         if not path.isprintable():
             # %0D%0A and friends: no app route has them, and a log line or header must not either.
             raise BadOriginalRequest("bad_original_uri")
-        if path in self.public:
-            caller = await self.authenticator.identify_if_any(judged)
-            self._public.inc()
-        else:
-            try:
-                caller = await self.authenticator.authenticate(judged)
-            except (TokenRejected, RefreshFailed):
-                request[LOGIN_URL] = self._login(request, original)
-                raise
-            try:
-                self.rules.check(judged.method, path, caller.identity)
-            except Forbidden:
-                self._forbidden.inc()
-                raise
-            self._ok.inc()
+        try:
+            caller = await self.access.decide(judged)
+        except (TokenRejected, RefreshFailed):
+            request[LOGIN_URL] = self._login(request, original)
+            raise
         out: CIMultiDict[str] = CIMultiDict()
         if caller is not None:
             request[IDENTITY] = caller.identity
