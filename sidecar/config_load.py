@@ -264,19 +264,7 @@ def load_settings(path: str | os.PathLike[str] | None, environ: Mapping[str, str
     """Read the YAML file (if any), apply ``AUTHSIDECAR_*`` overrides and validate."""
     data: Any = {}
     if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError([f"config file {path}: {exc.strerror}"]) from None
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or "invalid YAML"
-            raise ConfigError([f"config file {path}:{where}: {problem}"]) from None
-        if not isinstance(data, dict):
-            raise ConfigError([f"config file {path}: top level must be a mapping of keys"])
+        data = read_yaml_mapping(path)
     return parse_settings(data, environ)
 
 
@@ -296,3 +284,22 @@ def with_runtime_defaults(settings: Settings) -> Settings:
 def redacted(settings: Settings) -> dict[str, Any]:
     """The effective configuration as plain data, secrets masked (for ``check-config``)."""
     return settings.model_dump(mode="json")
+
+
+def read_yaml_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (empty: ``{}``), or :class:`ConfigError` naming the
+    file, and the line and column of a syntax error."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"config file {path}: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError([f"config file {path}:{where}: {problem}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"config file {path}: top level must be a mapping of keys"])
+    return data

@@ -12,9 +12,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sidecar.config_load import read_yaml_mapping
 from sidecar.errors import ConfigError
 
 # Kubernetes object names (DNS-1123 subdomain) and resource quantities ("50m", "256Mi", "1").
@@ -165,17 +165,5 @@ def parse_injector_settings(data: Any) -> InjectorSettings:
 
 def load_injector_settings(path: str | Path) -> InjectorSettings:
     """Read and validate the injector's YAML file; :class:`ConfigError` lists every problem."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"config file {path}: {exc.strerror}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError([f"config file {path}:{where}: {problem}"]) from None
-    if not isinstance(data, dict):
-        raise ConfigError([f"config file {path}: top level must be a mapping of keys"])
+    data = read_yaml_mapping(path)
     return parse_injector_settings(data)
