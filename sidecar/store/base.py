@@ -16,6 +16,7 @@ A store that cannot answer raises :class:`StoreUnavailable`; callers decide what
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Protocol
 
@@ -40,6 +41,45 @@ class Lease(Protocol):
     async def release(self) -> None:
         """Give it up, only if still held by this holder (fencing value compared in the store)."""
         ...
+
+
+class Fenced(Protocol):
+    """What a store offers a :class:`FencedLease`: set-if-absent and fence-checked renew / delete."""
+
+    async def add(self, key: str, value: bytes, ttl: float) -> bool: ...
+
+    async def renew_if(self, key: str, fence: bytes, ttl: float) -> bool:
+        """Extend ``key`` by ``ttl`` while it still holds ``fence`` (atomically in the store)."""
+        ...
+
+    async def delete_if(self, key: str, fence: bytes) -> None:
+        """Delete ``key`` only while it still holds ``fence`` (atomically in the store)."""
+        ...
+
+
+class FencedLease:
+    """A lease held by a random fence value: a lapsed lease taken over by another holder is
+    neither renewed nor released by the first."""
+
+    def __init__(self, store: Fenced, key: str, fence: bytes, ttl: float) -> None:
+        self._store = store
+        self._key = key
+        self._fence = fence
+        self._ttl = ttl
+
+    async def renew(self) -> bool:
+        return await self._store.renew_if(self._key, self._fence, self._ttl)
+
+    async def release(self) -> None:
+        await self._store.delete_if(self._key, self._fence)
+
+
+async def take_lease(store: Fenced, key: str, ttl: float) -> FencedLease | None:
+    """The lease on ``key`` for ``ttl`` seconds (SET NX with a fresh fence), or None while held."""
+    fence = secrets.token_hex(16).encode()
+    if not await store.add(key, fence, ttl):
+        return None
+    return FencedLease(store, key, fence, ttl)
 
 
 class SharedStore(Protocol):

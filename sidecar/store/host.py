@@ -15,12 +15,11 @@ import asyncio
 import base64
 import contextlib
 import json
-import secrets
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from sidecar.store.base import StoreUnavailable
+from sidecar.store.base import FencedLease, StoreUnavailable, take_lease
 from sidecar.store.memory import MemoryStore
 
 # The environment variable that hands the socket path to the workers.
@@ -141,22 +140,6 @@ class HostStoreServer:
                 writer.write(line)
 
 
-class HostLease:
-    def __init__(self, client: HostStoreClient, key: str, fence: bytes, ttl: float) -> None:
-        self._client = client
-        self._key = key
-        self._fence = fence
-        self._ttl = ttl
-
-    async def renew(self) -> bool:
-        answer = await self._client._ask({"op": "renew_if", "key": self._key, "value": _b64(self._fence),
-                                          "ttl": self._ttl})
-        return bool(answer.get("ok"))
-
-    async def release(self) -> None:
-        await self._client._ask({"op": "delete_if", "key": self._key, "value": _b64(self._fence)})
-
-
 class HostStoreClient:
     """A worker's side of the host store: one connection, one request at a time."""
 
@@ -210,11 +193,15 @@ class HostStoreClient:
     async def delete(self, key: str) -> None:
         await self._ask({"op": "delete", "key": key})
 
-    async def lease(self, key: str, ttl: float) -> HostLease | None:
-        fence = secrets.token_hex(16).encode()
-        if not await self.add(key, fence, ttl):
-            return None
-        return HostLease(self, key, fence, ttl)
+    async def lease(self, key: str, ttl: float) -> FencedLease | None:
+        return await take_lease(self, key, ttl)
+
+    async def renew_if(self, key: str, fence: bytes, ttl: float) -> bool:
+        answer = await self._ask({"op": "renew_if", "key": key, "value": _b64(fence), "ttl": ttl})
+        return bool(answer.get("ok"))
+
+    async def delete_if(self, key: str, fence: bytes) -> None:
+        await self._ask({"op": "delete_if", "key": key, "value": _b64(fence)})
 
     async def append(self, collection: str, member: str, until: float) -> None:
         await self._ask({"op": "append", "key": collection, "member": member, "until": until})

@@ -5,25 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
 from collections.abc import Callable
 
 from aiocache import SimpleMemoryCache
 
-
-class MemoryLease:
-    def __init__(self, store: MemoryStore, key: str, fence: bytes, ttl: float) -> None:
-        self._store = store
-        self._key = key
-        self.fence = fence
-        self._ttl = ttl
-
-    async def renew(self) -> bool:
-        return await self._store.renew_if(self._key, self.fence, self._ttl)
-
-    async def release(self) -> None:
-        await self._store.delete_if(self._key, self.fence)
+from sidecar.store.base import FencedLease, take_lease
 
 
 class MemoryStore:
@@ -56,11 +43,8 @@ class MemoryStore:
     async def delete(self, key: str) -> None:
         await self._cache.delete(key)
 
-    async def lease(self, key: str, ttl: float) -> MemoryLease | None:
-        fence = secrets.token_hex(16).encode()
-        if not await self.add(key, fence, ttl):
-            return None
-        return MemoryLease(self, key, fence, ttl)
+    async def lease(self, key: str, ttl: float) -> FencedLease | None:
+        return await take_lease(self, key, ttl)
 
     # One event loop: nothing runs between each read and write below (no await suspends there).
     async def renew_if(self, key: str, fence: bytes, ttl: float) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -20,7 +19,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from sidecar.config import RedisSettings
-from sidecar.store.base import StoreUnavailable
+from sidecar.store.base import FencedLease, StoreUnavailable, take_lease
 
 T = TypeVar("T")
 
@@ -33,22 +32,6 @@ _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
-
-
-class RedisLease:
-    def __init__(self, store: RedisStore, key: str, fence: bytes, ttl: float) -> None:
-        self._store = store
-        self._key = key
-        self._fence = fence
-        self._ttl = ttl
-
-    async def renew(self) -> bool:
-        renewed = await self._store._call(
-            lambda r: r.eval(_RENEW, 1, self._key, self._fence, _ms(self._ttl)))
-        return bool(renewed)
-
-    async def release(self) -> None:
-        await self._store._call(lambda r: r.eval(_RELEASE, 1, self._key, self._fence))
 
 
 class RedisStore:
@@ -98,11 +81,14 @@ class RedisStore:
     async def delete(self, key: str) -> None:
         await self._call(lambda r: r.delete(self._key(key)))
 
-    async def lease(self, key: str, ttl: float) -> RedisLease | None:
-        fence = secrets.token_hex(16).encode()
-        if not await self.add(key, fence, ttl):
-            return None
-        return RedisLease(self, self._key(key), fence, ttl)
+    async def lease(self, key: str, ttl: float) -> FencedLease | None:
+        return await take_lease(self, key, ttl)
+
+    async def renew_if(self, key: str, fence: bytes, ttl: float) -> bool:
+        return bool(await self._call(lambda r: r.eval(_RENEW, 1, self._key(key), fence, _ms(ttl))))
+
+    async def delete_if(self, key: str, fence: bytes) -> None:
+        await self._call(lambda r: r.eval(_RELEASE, 1, self._key(key), fence))
 
     async def append(self, collection: str, member: str, until: float) -> None:
         """A sorted set scored by ``until``: the passed ones are swept on every append, and the key
