@@ -19,23 +19,9 @@ import shutil
 from pathlib import Path
 
 from procs import TARGET_CORE, free_port, output, spawn
-from targets import Target, start_sidecar, wait_http
+from targets import NGINX_HEAD, Target, start_sidecar, wait_http
 
-NGINX_GATEWAY_CFG = """\
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/nginx-error.log warn;
-events {{ worker_connections 20000; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    large_client_header_buffers 4 64k;
-    upstream app {{ server {upstream}; keepalive 128; }}
+NGINX_GATEWAY_CFG = NGINX_HEAD + """\
     upstream authsidecar {{ server 127.0.0.1:{sidecar}; keepalive 128; }}
     server {{
         listen 127.0.0.1:{port};
@@ -124,7 +110,7 @@ async def start_nginx_gateway(
         ndir.chmod(0o777)  # the worker runs as an unprivileged user when started as root
         cfg = ndir / "nginx.conf"
         cfg.write_text(NGINX_GATEWAY_CFG.format(
-            dir=ndir, port=port, upstream=upstream.removeprefix("http://"),
+            dir=ndir, port=port, workers=1, upstream=upstream.removeprefix("http://"),
             sidecar=sidecar.url.rpartition(":")[2],
             locations=VERIFY_LOCATIONS if verify else SIDECAR_LOCATIONS,
         ))

@@ -278,7 +278,8 @@ async def start_haproxy(
     )
 
 
-NGINX_CFG = """\
+# Every nginx target's process and http{} set-up: files in its own directory, the app upstream.
+NGINX_HEAD = """\
 worker_processes {workers};
 daemon off;
 pid {dir}/nginx.pid;
@@ -293,6 +294,9 @@ http {{
     scgi_temp_path {dir}/scgi;
     large_client_header_buffers 4 64k;
     upstream app {{ server {upstream}; keepalive 128; }}
+"""
+
+NGINX_CFG = NGINX_HEAD + """\
     server {{
         listen 127.0.0.1:{port};
         client_max_body_size 0;
