@@ -25,10 +25,10 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from aiohttp import hdrs, web
+from aiohttp import web
 
 from sidecar.auth import cookies as ck
 from sidecar.auth.cookies import CookieKind, CookiePolicy
@@ -43,8 +43,6 @@ from sidecar.store.watch import StoreWatch
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")
 CHANNEL = "sessions"
 _CACHE_MAX = 10_000
-# Cookie headers whose parse is kept (a server session's header is ~100 bytes: 1,024 are ~300 KiB).
-_HEADS_MAX = 1024
 
 
 class _Head:
@@ -58,6 +56,10 @@ class _Head:
         self.empty = Session(xsrf=xsrf, malformed=malformed)
         self.record: dict[str, Any] | None = None
         self.session = self.empty
+
+
+# No Cookie header at all: no session, nothing to remember.
+_NO_HEAD = _Head(None, None)
 
 
 class ServerStore:
@@ -79,24 +81,14 @@ class ServerStore:
         self._xsrf = policy.name("xsrf")
         # Redis key -> (served from memory until, the tokens or None for "no such session").
         self._cache: OrderedDict[str, tuple[float, dict[str, Any] | None]] = OrderedDict()
-        self._heads: dict[str, _Head] = {}
 
     # -- the SessionStore contract ------------------------------------------------------------------
 
     async def load(self, request: web.Request) -> Session:
-        # The hot path: a browser repeats its Cookie header, so its parse (the id's digest included)
-        # and the Session built from an unchanged record are reused.
-        raw = request.headers.get(hdrs.COOKIE)
-        head = self._heads.get(raw) if raw else None
-        if head is None:
-            pairs = self.cookies.pairs(request)
-            sid = pairs.get(self._name)
-            key = _key_of(sid)
-            head = _Head(key, pairs.get(self._xsrf), malformed=key is None and bool(sid))
-            if raw:
-                if len(self._heads) >= _HEADS_MAX:
-                    self._heads.clear()
-                self._heads[raw] = head
+        # The hot path: a browser repeats its Cookie header, so its parse (the id's digest included,
+        # remembered beside it in the Cookie-header cache) and the Session built from an unchanged
+        # record are reused.
+        head = self.cookies.derived(request, self._head, _NO_HEAD)
         if head.key is None:
             return head.empty
         record = await self._record(head.key)
@@ -108,6 +100,11 @@ class ServerStore:
                                    refresh_token=record.get("refresh_token"), xsrf=head.empty.xsrf)
             head.record = record
         return head.session
+
+    def _head(self, pairs: Mapping[str, str]) -> _Head:
+        sid = pairs.get(self._name)
+        key = _key_of(sid)
+        return _Head(key, pairs.get(self._xsrf), malformed=key is None and bool(sid))
 
     async def save(self, request: web.Request, tokens: Tokens) -> ApplyToResponse:
         pairs = self.cookies.pairs(request)

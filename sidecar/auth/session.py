@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.cookies import Morsel
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from aiohttp import hdrs, web
 
@@ -31,6 +31,7 @@ from sidecar.auth.cookies import CookieKind, CookiePolicy, filter_cookie_pairs, 
 from sidecar.auth.csrf import CsrfTokens
 from sidecar.identity import Clock
 
+T = TypeVar("T")
 _TOKEN_KINDS: tuple[CookieKind, ...] = ("access", "id", "refresh")
 _EMPTY_PAIRS: Mapping[str, str] = MappingProxyType({})
 # A session's Cookie header carries its tokens (4 KB and more), and an entry holds it and its parse:
@@ -89,12 +90,13 @@ class SessionStore(Protocol):
 
 
 class _Parsed:
-    __slots__ = ("for_app", "pairs", "session")
+    __slots__ = ("derived", "for_app", "pairs")
 
     def __init__(self, pairs: Mapping[str, str], for_app: str | None) -> None:
         self.pairs = pairs
         self.for_app = for_app
-        self.session: Session | None = None
+        # What the app's one session store builds from these pairs (see CookieCache.derived).
+        self.derived: object = None
 
 
 class CookieCache:
@@ -102,7 +104,7 @@ class CookieCache:
 
     A browser sends the same header on every request until a cookie changes, so the parse (about
     12 µs in aiohttp) is paid once per distinct header instead of once per request. One entry
-    serves every reader of the header: the session store (:meth:`pairs`, :meth:`session`) and the
+    serves every reader of the header: the session store (:meth:`pairs`, :meth:`derived`) and the
     identity-header policy (:meth:`for_app`, the header without the sidecar's cookies).
     """
 
@@ -123,15 +125,16 @@ class CookieCache:
         """``raw`` without the sidecar's cookies (see :func:`sidecar.auth.cookies.filter_cookie_pairs`)."""
         return self._entry(raw).for_app
 
-    def session(self, request: web.Request, build: Callable[[Mapping[str, str]], Session]) -> Session:
-        """``build(pairs)`` of the request's cookies, computed once per distinct header."""
+    def derived(self, request: web.Request, build: Callable[[Mapping[str, str]], T], empty: T) -> T:
+        """``build(pairs)`` of the request's cookies, computed once per distinct header; ``empty``
+        without a ``Cookie`` header. One builder per cache: the app's session store."""
         raw = request.headers.get(hdrs.COOKIE)
         if not raw:
-            return NO_SESSION
+            return empty
         entry = self._entry(raw)
-        if entry.session is None:
-            entry.session = build(entry.pairs)
-        return entry.session
+        if entry.derived is None:
+            entry.derived = build(entry.pairs)
+        return cast(T, entry.derived)
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -189,7 +192,7 @@ class CookieStore:
         )
 
     async def load(self, request: web.Request) -> Session:
-        return self.cookies.session(request, self._build)
+        return self.cookies.derived(request, self._build, NO_SESSION)
 
     async def save(self, request: web.Request, tokens: Tokens) -> ApplyToResponse:
         """Set the token cookies (chunked where needed), clear stale chunks, issue a CSRF token.

@@ -61,7 +61,7 @@ def test_a_session_is_built_once_per_distinct_header() -> None:
         built.append("x")
         return Session(access_token="t")
 
-    first = shared.session(request("access_token=t"), build)
-    assert shared.session(request("access_token=t"), build) is first
+    first = shared.derived(request("access_token=t"), build, NO_SESSION)
+    assert shared.derived(request("access_token=t"), build, NO_SESSION) is first
     assert built == ["x"]
-    assert shared.session(request(None), build) is NO_SESSION
+    assert shared.derived(request(None), build, NO_SESSION) is NO_SESSION
