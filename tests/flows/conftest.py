@@ -7,6 +7,7 @@ cookie jar that plays the browser; ``Stack.login(browser, user)`` runs the whole
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
@@ -172,6 +173,33 @@ async def make_stack() -> AsyncIterator[StackFactory]:
             )
 
         yield start
+
+
+async def raw_exchange(stack: Stack, data: bytes) -> bytes:
+    """``data`` written as is on a new connection to the sidecar; everything it answers."""
+    port = int(stack.base.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def wait_ready(admin: str) -> None:
+    """Poll ``admin``/readyz (short attempts, a bounded number) until it answers 200."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5)) as session:
+        for _ in range(150):
+            try:
+                async with session.get(admin + "/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{admin} never became ready")
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import unused_port
@@ -27,6 +26,7 @@ from sidecar.auth.transaction import derive_key
 from sidecar.dev.provider import DevProvider, ProviderConfig, start_provider
 from sidecar.dev.upstream import create_upstream_app
 from tests.conftest import FakeClock
+from tests.flows.conftest import wait_ready as until_ready
 
 SECRET = "fleet-cookie-secret-0123456789-abcdefghij"
 HOST = "127.0.0.1"
@@ -68,19 +68,6 @@ def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTHSIDECAR_", "PROMETHEUS_"))}
     env.update(extra)
     return env
-
-
-async def ready(admin: str) -> None:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5)) as session:
-        for _ in range(150):
-            try:
-                async with session.get(admin + "/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            except (aiohttp.ClientError, TimeoutError):
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"{admin} never became ready")
 
 
 FleetFactory = Callable[..., Awaitable[Fleet]]
@@ -136,7 +123,7 @@ async def make_fleet(tmp_path: Path) -> AsyncIterator[FleetFactory]:
                 exits.push_async_callback(_stop, replica)
                 started.append(replica)
             for replica in started if wait_ready else ():
-                await ready(replica.admin)
+                await until_ready(replica.admin)
             return Fleet(dev, upstream, config, started)
 
         yield start

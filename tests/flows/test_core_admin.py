@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
 import re
@@ -25,7 +24,7 @@ from sidecar.oidc.jwks import JwksCache
 from sidecar.oidc.provider import PROVIDER, ProviderLink
 from sidecar.server import Sidecar
 from tests.conftest import FakeClock
-from tests.flows.conftest import Stack
+from tests.flows.conftest import Stack, raw_exchange
 
 AUTHSIDECAR_METRICS = (
     "authsidecar_requests_total",
@@ -182,18 +181,6 @@ def token_pieces(token: str) -> list[str]:
     """Substrings that would betray the token if they showed up anywhere."""
     head, payload, signature = token.split(".")
     return [head, payload[:24], payload[-24:], signature[:24], signature[-24:]]
-
-
-async def raw_exchange(stack: Stack, data: bytes) -> bytes:
-    port = int(stack.base.rsplit(":", 1)[1])
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        return await reader.read()
-    finally:
-        writer.close()
-        await writer.wait_closed()
 
 
 def malformed(token: str) -> list[bytes]:

@@ -24,6 +24,7 @@ from sidecar.config_load import load_settings
 from sidecar.dev.provider import DevProvider, ProviderConfig, start_provider
 from sidecar.dev.upstream import create_upstream_app
 from tests.conftest import FakeClock
+from tests.flows.conftest import wait_ready
 
 PREFIX = "authsidecar: config error: "
 COOKIE_SECRET = "cookie-secret-0123456789-abcdefghijklmnop"
@@ -464,19 +465,6 @@ async def read_until(stream: asyncio.StreamReader, event: str, seen: list[str]) 
         seen.append(line)
         if f'"event": "{event}"' in line:
             return
-
-
-async def wait_ready(admin: str) -> None:
-    """Poll /readyz with short attempts, a bounded number of times."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5)) as session:
-        for _ in range(50):
-            try:
-                async with session.get(admin + "/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            except (aiohttp.ClientError, TimeoutError):
-                continue
-    raise AssertionError("the sidecar never became ready")
 
 
 async def test_serve_starts_proxies_and_exits_0_on_sigterm(

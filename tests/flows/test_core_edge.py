@@ -3,7 +3,6 @@ log lines that are all JSON, aiohttp's and aiohttp-session's included."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,24 +13,12 @@ from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
 from sidecar.server import SERVER
-from tests.flows.conftest import Stack, StackFactory
+from tests.flows.conftest import Stack, StackFactory, raw_exchange
 
 
 def json_lines(stack: Stack) -> list[dict[str, Any]]:
     """Every line of the sidecar's log stream, each parsed as JSON (a plain-text line fails here)."""
     return [json.loads(line) for line in stack.logs.getvalue().splitlines()]
-
-
-async def raw_exchange(stack: Stack, data: bytes) -> bytes:
-    port = int(stack.base.rsplit(":", 1)[1])
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        return await reader.read()
-    finally:
-        writer.close()
-        await writer.wait_closed()
 
 
 # -- errors -----------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ from typing import Any
 
 import aiohttp
 
-from tests.flows.fleet_support import FleetFactory, ready
+from tests.flows.conftest import wait_ready
+from tests.flows.fleet_support import FleetFactory
 from tests.flows.test_fleet import assert_one_refresh_nobody_logged_out, refresh_storm
 from tests.redis_server import free_port, start_redis
 
@@ -51,7 +52,7 @@ async def test_a_replica_is_not_ready_until_redis_answers_and_says_which_host_on
         assert body == {"status": "not_ready", "reason": "store_unavailable"}
         redis = start_redis(tmp_path, port)
         try:
-            await ready(replica.admin)
+            await wait_ready(replica.admin)
         finally:
             redis.stop()
     events = [e for e in replica.log_events() if e["event"].startswith("store_")]

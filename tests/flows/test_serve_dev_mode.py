@@ -20,13 +20,12 @@ from yarl import URL
 
 from sidecar.dev.provider import DevProvider, ProviderConfig, start_provider
 from tests.conftest import FakeClock
-from tests.flows.conftest import PASSWORDS, read_form
+from tests.flows.conftest import PASSWORDS, read_form, wait_ready
 from tests.flows.test_core_config_cli import (
     clean_env,
     echo_upstream,  # noqa: F401 - fixture
     read_until,
     serve_config,
-    wait_ready,
     write,
 )
 from tests.flows.test_workers import children

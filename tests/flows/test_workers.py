@@ -13,6 +13,7 @@ import aiohttp
 from aiohttp.test_utils import unused_port
 
 from sidecar.dev.provider import DevProvider
+from tests.flows.conftest import wait_ready
 from tests.flows.test_core_config_cli import (
     COOKIE_SECRET,
     clean_env,
@@ -20,7 +21,6 @@ from tests.flows.test_core_config_cli import (
     echo_upstream,  # noqa: F401 - fixture
     read_until,
     serve_config,
-    wait_ready,
     write,
 )
 
