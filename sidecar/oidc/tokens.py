@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import math
 import sys
 import time
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 
+import orjson
 from jwcrypto.common import base64url_decode
 from jwcrypto.jwa import JWA
 
@@ -43,7 +43,11 @@ from sidecar.oidc import shape
 from sidecar.oidc.jwks import JwksCache, accepts
 
 MAX_TOKEN_LENGTH = shape.MAX_TOKEN
-_ACCESS, _ID, _FORGED = b"access\0", b"id\0", b"forged\0"
+_ACCESS, _ID, _SIGNED = b"access\0", b"id\0", b"signed\0"
+_NOT_MISSED: tuple[str | None, bytes | None] = (None, None)
+# Protected headers remembered (alg, kid): one per signing key and algorithm in practice; a flood of
+# distinct ones empties the map rather than growing it.
+_HEADERS_KEPT = 64
 # Tokens remembered as forged (a known kid, a signature that does not verify): a replay flood then
 # costs a digest and a lookup, not a verification. An entry is a 32-byte digest in an ordered dict,
 # about 150 bytes: 16,384 entries (a flood of 10,000 distinct tokens fits) stay under 2.5 MiB
@@ -151,6 +155,12 @@ def check_claims(
             raise TokenRejected("nonce_mismatch")
 
 
+# Space-separated claims (``scope``) as split before: most tokens carry one of a few scope strings.
+# Filled from verified tokens only; a provider minting many distinct ones empties it, never grows it.
+_SPLIT: dict[str, tuple[str, ...]] = {}
+_SPLIT_KEPT = 256
+
+
 def _strings(claims: Mapping[str, Any], *names: str, split: bool = False) -> tuple[str, ...]:
     """The first present claim of ``names`` as a tuple of strings (a list, or space-separated).
 
@@ -161,7 +171,13 @@ def _strings(claims: Mapping[str, Any], *names: str, split: bool = False) -> tup
         if value is None:
             continue
         if isinstance(value, str) and split:
-            return tuple(sys.intern(v) for v in value.split())
+            words = _SPLIT.get(value)
+            if words is None:
+                words = tuple(sys.intern(v) for v in value.split())
+                if len(_SPLIT) >= _SPLIT_KEPT:
+                    _SPLIT.clear()
+                _SPLIT[value] = words
+            return words
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return tuple(sys.intern(v) for v in value)
         raise TokenRejected("malformed", name)
@@ -203,8 +219,8 @@ def identity_from_claims(claims: Mapping[str, Any], keep: Collection[str] | None
     )
 
 
-def _header(token: str, policy: TokenPolicy) -> tuple[str, str | None]:
-    """``(alg, kid)`` from the protected header of a compact JWS, with ``alg`` on the allowlist."""
+def _check_segments(token: str) -> list[str]:
+    """The three segments of a compact JWS (RFC 7515 §7.1), each base64url of a possible length."""
     # The whole alphabet first: a stray character would be silently skipped by the base64 decoder,
     # and anything not ASCII (undecodable header bytes) must reach neither it nor a digest.
     if not shape.jws_segments(token):
@@ -213,9 +229,14 @@ def _header(token: str, policy: TokenPolicy) -> tuple[str, str | None]:
     for part in parts:
         if len(part) % 4 == 1:  # no base64 string has this length
             raise TokenRejected("malformed")
+    return parts
+
+
+def _header(segment: str, policy: TokenPolicy) -> tuple[str, str | None]:
+    """``(alg, kid)`` from the protected header segment of a compact JWS, ``alg`` on the allowlist."""
     try:
-        header = json.loads(base64url_decode(parts[0]))
-    except (ValueError, RecursionError):
+        header = orjson.loads(base64url_decode(segment))
+    except ValueError:  # orjson.JSONDecodeError (bad JSON, invalid UTF-8, nesting over 1024) too
         raise TokenRejected("malformed") from None
     if not isinstance(header, dict) or not isinstance(header.get("alg"), str):
         raise TokenRejected("malformed")
@@ -234,8 +255,8 @@ def _header(token: str, policy: TokenPolicy) -> tuple[str, str | None]:
 def _payload(segment: str) -> dict[str, Any]:
     """The claims of a verified token's payload segment: a JSON object, else ``malformed``."""
     try:
-        claims = json.loads(base64url_decode(segment))
-    except (ValueError, RecursionError):
+        claims = orjson.loads(base64url_decode(segment))
+    except ValueError:
         raise TokenRejected("malformed") from None
     if not isinstance(claims, dict):
         raise TokenRejected("malformed")
@@ -273,6 +294,8 @@ class TokenValidator:
         # provider re-using a kid for a new key, can make one of them verify).
         self._forged: OrderedDict[bytes, None] = OrderedDict()
         self._forged_under: object = None
+        self._headers: dict[str, tuple[str, str | None]] = {}
+        self._missed: tuple[str | None, bytes | None] = _NOT_MISSED
         # jwcrypto's verifier of each allowed algorithm (RFC 7518 §3), built once.
         self._engines = {
             alg: JWA.signing_alg(alg) for alg in policy.algorithms if alg in JWA.algorithms_registry
@@ -285,7 +308,13 @@ class TokenValidator:
 
     def cached(self, token: str) -> Identity | None:
         """The Identity of an access token verified earlier and still valid, else ``None``."""
-        identity = self._lookup(_ACCESS, token) if shape.jws_compact(token) else None
+        identity = None
+        if shape.jws_compact(token):
+            digest = self._digest(_ACCESS, token)
+            identity = self._lookup(digest)
+            # A miss is followed by verify_access(token): it takes this digest instead of hashing
+            # the token again (matched by object identity, so never another token's digest).
+            self._missed = (token, digest)
         (self._hit if identity is not None else self._miss).inc()
         return identity
 
@@ -297,9 +326,11 @@ class TokenValidator:
 
     async def verify_access(self, token: str) -> Identity:
         """Verify and cache, without looking in the cache first (the caller just missed it)."""
-        claims, kid = await self._verify(token, "access", None)
+        missed, self._missed = self._missed, _NOT_MISSED
+        digest = missed[1] if missed[0] is token else self._digest_if_compact(_ACCESS, token)
+        claims, kid = await self._verify(token, "access", None, digest)
         identity = identity_from_claims(claims, self._keep)
-        self._store(_ACCESS, token, identity, claims["exp"], kid)
+        self._store(digest, identity, claims["exp"], kid)
         return identity
 
     async def id_token(
@@ -310,24 +341,25 @@ class TokenValidator:
         ``allow_expired``: every check but ``exp``, for the session's record of who logged in (the
         CSRF binding on /auth/refresh and ``id_token_hint`` at logout); never cached.
         """
+        digest = self._digest_if_compact(_ID, token)
         if allow_expired:
-            claims, _kid = await self._verify(token, "id", nonce, allow_expired=True)
-            return MappingProxyType(dict(claims))
-        if nonce is None and shape.jws_compact(token):
-            hit: Mapping[str, Any] | None = self._lookup(_ID, token)
+            claims, _kid = await self._verify(token, "id", nonce, digest, allow_expired=True)
+            return MappingProxyType(claims)
+        if nonce is None and digest is not None:
+            hit: Mapping[str, Any] | None = self._lookup(digest)
             if hit is not None:
                 return hit
-        claims, kid = await self._verify(token, "id", nonce)
-        frozen = MappingProxyType(dict(claims))
+        claims, kid = await self._verify(token, "id", nonce, digest)
+        frozen = MappingProxyType(claims)
         if nonce is None:
-            self._store(_ID, token, frozen, claims["exp"], kid)
+            self._store(digest, frozen, claims["exp"], kid)
         return frozen
 
     async def signed_claims(self, token: str) -> dict[str, Any]:
         """The claims of a JWS signed by one of the provider's keys with an allowlisted algorithm,
         none of them checked: for tokens of another kind (a back-channel logout token), whose
         claims the caller checks itself. Never cached."""
-        claims, _kid = await self._verify(token, None, None)
+        claims, _kid = await self._verify(token, None, None, self._digest_if_compact(_SIGNED, token))
         return claims
 
     def evict_kid(self, kids: frozenset[str]) -> None:
@@ -353,8 +385,12 @@ class TokenValidator:
         # prefix keeps access and ID token entries apart (an ID token is never an access token).
         return hashlib.sha256(kind + token.encode()).digest()
 
-    def _lookup(self, kind: bytes, token: str) -> Any:
-        digest = self._digest(kind, token)
+    @classmethod
+    def _digest_if_compact(cls, kind: bytes, token: str) -> bytes | None:
+        """The digest of a token safe to hash (:func:`shape.jws_compact`), else ``None``."""
+        return cls._digest(kind, token) if shape.jws_compact(token) else None
+
+    def _lookup(self, digest: bytes) -> Any:
         entry = self._cache.get(digest)
         if entry is None:
             return None
@@ -364,10 +400,9 @@ class TokenValidator:
         self._cache.move_to_end(digest)
         return entry.value
 
-    def _store(self, kind: bytes, token: str, value: Any, exp: float, kid: str) -> None:
-        if self._size <= 0:
+    def _store(self, digest: bytes | None, value: Any, exp: float, kid: str) -> None:
+        if self._size <= 0 or digest is None:
             return
-        digest = self._digest(kind, token)
         old = self._cache.pop(digest, None)
         if old is not None:
             self._forget(digest, old)
@@ -386,18 +421,22 @@ class TokenValidator:
                 del self._by_kid[entry.kid]
 
     async def _verify(
-        self, token: str, kind: Kind | None, nonce: str | None, *, allow_expired: bool = False
+        self, token: str, kind: Kind | None, nonce: str | None, digest: bytes | None, *,
+        allow_expired: bool = False,
     ) -> tuple[dict[str, Any], str]:
-        forged = None
-        if shape.jws_compact(token):
-            if self._forged_under is not self._jwks.keys:
-                self._forged.clear()
-                self._forged_under = self._jwks.keys
-            forged = self._digest(_FORGED, token)
-            if forged in self._forged:
-                self._known_forged.inc()
-                raise TokenRejected("bad_signature")
-        alg, kid = _header(token, self._policy)
+        """``digest``: the token's digest for its ``kind`` (None when the token may not be hashed);
+        the forged-token memory is keyed by it too."""
+        if digest is None:  # not even the cheap shape (shape.jws_compact)
+            raise TokenRejected("malformed")
+        keys = self._jwks.keys
+        if self._forged_under is not keys:
+            self._forged.clear()
+            self._forged_under = keys
+        if digest in self._forged:
+            self._known_forged.inc()
+            raise TokenRejected("bad_signature")
+        header, payload, signature = _check_segments(token)
+        alg, kid = self._header(header)
         if kid is None:
             raise TokenRejected("unknown_kid")
         key = self._jwks.keys.get(kid)
@@ -411,20 +450,33 @@ class TokenValidator:
         started = time.perf_counter()
         try:
             # RFC 7515 §5.2: the signing input is the token itself up to the second dot.
-            signed, _, signature = token.rpartition(".")
+            signed = token[: len(header) + 1 + len(payload)]
             try:
                 engine.verify(key, signed.encode("ascii"), base64url_decode(signature))
             except Exception:
-                if forged is not None and self._forged_under is self._jwks.keys:
-                    self._remember_forged(forged)
+                if self._forged_under is self._jwks.keys:
+                    self._remember_forged(digest)
                 raise TokenRejected("bad_signature") from None
-            claims = _payload(signed.partition(".")[2])
+            claims = _payload(payload)
             if kind is not None:
                 check_claims(claims, self._policy, kind=kind, now=self._clock(), nonce=nonce,
                              allow_expired=allow_expired)
             return claims, kid
         finally:
             self._seconds.observe(time.perf_counter() - started)
+
+    def _header(self, segment: str) -> tuple[str, str | None]:
+        """:func:`_header`, remembered per header segment: every token a key signs has the same
+        one, so a cache miss decodes only its payload. Only accepted headers are kept, in a bounded
+        map, and only segments that passed :func:`_check_segments` are looked up."""
+        hit = self._headers.get(segment)
+        if hit is not None:
+            return hit
+        hit = _header(segment, self._policy)
+        if len(self._headers) >= _HEADERS_KEPT:
+            self._headers.clear()
+        self._headers[segment] = hit
+        return hit
 
     def _remember_forged(self, digest: bytes) -> None:
         # Only a signature that does not verify under the current key set is remembered: expired,

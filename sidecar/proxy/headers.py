@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeVar
 
@@ -89,10 +90,14 @@ _K = TypeVar("_K")
 _V = TypeVar("_V")
 
 
-def _remember(cache: dict[_K, _V], key: _K, value: _V) -> _V:
-    """Insert into a bounded cache, evicting the oldest entry (keys may be client-controlled)."""
+def _remember(cache: OrderedDict[_K, _V], key: _K, value: _V) -> _V:
+    """Insert into a bounded cache, evicting the oldest entry (keys may be client-controlled).
+
+    An OrderedDict: evicting the first key of a plain dict again and again walks over every slot
+    deleted before it (``next(iter(d))``), a cost that grows with the churn this bound is for.
+    """
     if len(cache) >= _CACHE_LIMIT:
-        del cache[next(iter(cache))]
+        cache.popitem(last=False)
     cache[key] = value
     return value
 
@@ -144,11 +149,11 @@ class HeaderPolicy:
         self._claim_headers = tuple(settings.claims.items())
         # Per-name action, per-Connection-value names, per-address trust, per-Cookie-header result,
         # per-identity header block.
-        self._actions: dict[str, int] = {}
-        self._connections: dict[str, frozenset[str] | None] = {}
-        self._trust: dict[str, bool] = {}
-        self._identities: dict[int, tuple[Identity, tuple[tuple[str, str], ...]]] = {}
-        self._auth_request: dict[int, tuple[Identity, tuple[tuple[str, str], ...]]] = {}
+        self._actions: OrderedDict[str, int] = OrderedDict()
+        self._connections: OrderedDict[str, frozenset[str] | None] = OrderedDict()
+        self._trust: OrderedDict[str, bool] = OrderedDict()
+        self._identities: OrderedDict[int, tuple[Identity, tuple[tuple[str, str], ...]]] = OrderedDict()
+        self._auth_request: OrderedDict[int, tuple[Identity, tuple[tuple[str, str], ...]]] = OrderedDict()
 
     # -- per request -------------------------------------------------------------------------------
 
