@@ -131,8 +131,8 @@ class Bench:
             self.files["refresh"] = write_lines(
                 self.workdir / "refresh.txt", refresh_cookies(fx.provider, self.plan.sessions)
             )
-        if "cold" in self.scenario_keys:
-            self.files["cold"] = write_lines(
+        if {"cold", "cold-parts"} & set(self.scenario_keys):
+            self.files["cold"] = self.files["cold-parts"] = write_lines(
                 self.workdir / "cold.txt", bearer_lines(fx.provider, self.plan.users)
             )
         if "forged" in self.scenario_keys:
@@ -175,6 +175,18 @@ class Bench:
                 "authsidecar-nocache": lambda: start_sidecar(
                     wd, up, fx.issuer, CLIENT_ID, name="authsidecar-nocache", cache_size=0
                 ),
+                # The same, without its access log (Apache writes none), and cut down to one part of
+                # a cache miss each (bench/floor.py): the cold-parts scenario.
+                "authsidecar-nocache-quiet": lambda: start_sidecar(
+                    wd, up, fx.issuer, CLIENT_ID, name="authsidecar-nocache-quiet", cache_size=0,
+                    level="warning",
+                ),
+                **{
+                    f"floor-{part}": (lambda part=part: start_sidecar(
+                        wd, up, fx.issuer, CLIENT_ID, name=f"floor-{part}", cache_size=0, floor=part
+                    ))
+                    for part in ("none", "rsa", "busy")
+                },
                 "apache-oidc": lambda: start_apache(wd, up, fx.issuer, CLIENT_ID, fx.public_pem, fx.kid),
                 # nginx in front of authsidecar: auth_request + /auth/verify, or proxy to the proxy.
                 "nginx-verify": lambda: start_nginx_gateway(wd, up, fx.issuer, CLIENT_ID, verify=True),
@@ -183,7 +195,8 @@ class Bench:
 
         # Targets only some scenarios use are started for those only.
         needed = {n for k in self.scenario_keys for n in BY_KEY[k].targets}
-        only_for = {"authsidecar-nocache", "apache-oidc", "nginx-verify", "nginx-sidecar"}
+        only_for = {"authsidecar-nocache", "apache-oidc", "nginx-verify", "nginx-sidecar",
+                    "authsidecar-nocache-quiet", "floor-none", "floor-rsa", "floor-busy"}
         plan = [
             (name, start) for name, start in starters(1).items()
             if name in wanted and (name not in only_for or name in needed)
@@ -257,7 +270,7 @@ class Bench:
         assert fx is not None
         if sc.key in ("users", "refresh"):
             return {"BENCH_LINES": str(self.files[sc.key]), "BENCH_OFFSET": str(self.offset[sc.key, target])}
-        if sc.key in ("cold", "forged", "garbage"):
+        if sc.key in ("cold", "cold-parts", "forged", "garbage"):
             return {"BENCH_LINES": str(self.files[sc.key]), "BENCH_OFFSET": str(self.offset[sc.key, target]),
                     "BENCH_HEADER": "Authorization"}
         if sc.key == "bearer":
@@ -346,7 +359,7 @@ class Bench:
             extra["mbytes_per_s"] = result["rate"] * self.files["body"].stat().st_size / 1e6
         if counters and count:
             after = await self._counters(target)
-            if sc.key in ("users", "cookie", "cold", "forged", "verify"):
+            if sc.key in ("users", "cookie", "cold", "cold-parts", "forged", "verify"):
                 name = "token_validation_cache_total"
                 extra["misses_per_req"] = (after.get(name, 0) - counters.get(name, 0)) / count
             if sc.key == "verify":

@@ -84,6 +84,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         args.targets.add("bare")
     if {"server-session", "sessions-rss"} & set(args.scenarios):
         args.targets |= {"authsidecar-server", "authsidecar"}
+    if "cold-parts" in args.scenarios:  # its stand-ins exist for it alone
+        args.targets |= {"authsidecar-nocache-quiet", "floor-none", "floor-rsa", "floor-busy"}
     defaults = parser.get_default("scenarios").split(",")
     if args.quick and args.scenarios == defaults:
         args.scenarios = [s for s in defaults if s not in ("halfrate-sidecar", "cookie-2w")]

@@ -102,6 +102,20 @@ SCENARIOS: tuple[Scenario, ...] = (
         script="rotate.lua",
     ),
     Scenario(
+        "cold-parts",
+        "Truly cold, taken apart: what each part of a miss costs in the server",
+        "The `cold` load against authsidecar cut down to one part of a cache miss (bench/floor.py; "
+        "every token verified for real the first time it is seen, its Identity kept): `floor-none` "
+        "does no JOSE work at all, `floor-rsa` only jwcrypto's RS256 verification of the signature, "
+        "`floor-busy` as long a piece of plain CPU work instead (calibrated to the verification in a "
+        "tight loop). `authsidecar-nocache-quiet` is the whole miss without the access log, as Apache "
+        "runs here.",
+        "wrk",
+        ("authsidecar-nocache", "authsidecar-nocache-quiet", "floor-none", "floor-rsa", "floor-busy",
+         "apache-oidc", "bare"),
+        script="rotate.lua",
+    ),
+    Scenario(
         "forged",
         "Forged tokens: a known kid, a signature that does not verify",
         "GET / with `Authorization: Bearer` and one of {forged} distinct forged tokens in rotation: "

@@ -142,7 +142,9 @@ async def start_sidecar(
     cache_size: int = CACHE_SIZE,
     trust_loopback: bool = False,
     extra: dict[str, Any] | None = None,
+    floor: str | None = None,
 ) -> Target:
+    """``floor``: run it through bench/floor.py with the cache miss cut down to that part."""
     cores, suffix = _placement(workers)
     name += suffix
     port, admin_port = free_port(), free_port()
@@ -160,6 +162,8 @@ async def start_sidecar(
         extra=extra,
     )
     cmd = [str(VENV_BIN / "authsidecar"), "serve", "--config", str(config)]
+    if floor is not None:
+        cmd = [sys.executable, str(BENCH / "floor.py"), floor, *cmd[1:]]
     if workers > 1:
         cmd += ["--workers", str(workers)]
     proc = spawn(name, cmd, cores, workdir)
