@@ -414,3 +414,15 @@ async def test_a_token_of_a_withdrawn_key_is_refused_even_after_it_was_accepted_
 
     await assert_unauthorized(await get(client, stack, old), "unknown_kid")
     assert (await get(client, stack, stack.provider.mint_access_token("alice"))).status == 200
+
+
+async def test_a_signed_claim_that_utf8_cannot_carry_is_a_401_not_a_500(
+    stack: Stack, client: aiohttp.ClientSession
+) -> None:
+    # The provider signed a lone surrogate (JSON "\ud800") into the username: no identity header
+    # could carry it, so the token is refused as malformed before anything is forwarded.
+    token = stack.provider.mint_access_token("alice", username="alice\ud800")
+
+    async with client.get(stack.url(API), headers=credentials(token, "bearer")) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["reason"] == "malformed"
