@@ -34,6 +34,7 @@ from sidecar.auth.csrf import CsrfTokens, OriginPolicy, is_websocket_upgrade
 from sidecar.auth.refresh import RefreshFlight
 from sidecar.auth.revocation import Revocation
 from sidecar.auth.session import ApplyToResponse, Session, SessionStore, Tokens
+from sidecar.auth.token_digest import RefreshDigest, refresh_digest
 from sidecar.errors import CsrfRejected, ProviderError, RefreshFailed, TokenRejected
 from sidecar.identity import Identity
 from sidecar.keys import RESPONSE_HOOKS
@@ -120,8 +121,9 @@ class Authenticator:
             if refresh_token is None:
                 self._record(exc.reason)
                 raise
-            await self.check_session_revoked(session, refresh_token, request=request)
-            identity, token = await self.renew(request, refresh_token)
+            digest = refresh_digest(refresh_token)
+            await self.check_session_revoked(session, digest, request=request)
+            identity, token = await self.renew(request, refresh_token, digest)
             self._record("refreshed")
         if source == "cookie":
             self._check_forgery(request, session, identity.sub)
@@ -147,9 +149,10 @@ class Authenticator:
             raise TokenRejected("revoked")
         return identity
 
-    async def check_session_revoked(self, session: Session, refresh_token: str | None = None, *,
+    async def check_session_revoked(self, session: Session, refresh: RefreshDigest | None = None, *,
                                      request: web.Request | None = None) -> None:
-        """A cookie session whose ID token (or refresh token) is revoked is over.
+        """A cookie session whose ID token (or refresh token, by its digest ``refresh``) is revoked
+        is over.
 
         Providers that name the session (``sid``) in the ID token only, Cognito-shaped ones whose
         access token carries no ``sid``, are caught here. Before a refresh the (possibly expired)
@@ -158,12 +161,12 @@ class Authenticator:
         revocation = self.revocation
         if revocation is None or not len(revocation.deny):
             return
-        revoked = refresh_token is not None and revocation.refuses_refresh(refresh_token)
+        revoked = refresh is not None and revocation.refuses_refresh(refresh)
         id_token = session.id_token
         if not revoked and id_token and shape.jws_compact(id_token):
             validator = self.provider.get().validator
             try:
-                claims = await validator.id_token(id_token, allow_expired=refresh_token is not None)
+                claims = await validator.id_token(id_token, allow_expired=refresh is not None)
             except TokenRejected:
                 claims = None
             revoked = claims is not None and revocation.refuses_claims(claims)
@@ -234,14 +237,16 @@ class Authenticator:
 
     # -- shared with the /auth routes ---------------------------------------------------------------
 
-    async def renew(self, request: web.Request, refresh_token: str) -> tuple[Identity, str]:
+    async def renew(self, request: web.Request, refresh_token: str,
+                    digest: RefreshDigest) -> tuple[Identity, str]:
         """Refresh once (shared with concurrent callers); the new cookies ride on the response.
 
-        Returns the new identity (enriched from the new ID token) and the new access token.
+        ``digest`` is ``refresh_token``'s, computed once by the caller (which checked it against the
+        deny-list). Returns the new identity (enriched from the new ID token) and the new access token.
         """
         metrics = self._metrics
         try:
-            tokens = await self.flight.run(refresh_token, lambda: self._refresh(refresh_token))
+            tokens = await self.flight.run(digest, lambda: self._refresh(refresh_token))
             identity = await self._validated(tokens)
         except RefreshFailed:
             metrics.flow_events.labels("refresh", "invalid_grant").inc()
