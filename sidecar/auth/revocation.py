@@ -45,6 +45,8 @@ Source = Literal["logout", "admin", "backchannel"]
 CHANNEL = "revoked"
 # What the hot path reads from an access token: the validator keeps these in Identity.claims.
 CLAIMS = ("jti", "origin_jti", "sid", "iat")
+# What the session check reads from an ID token (its ``sub`` too): all ``refuses_claims`` looks at.
+ID_CLAIMS = (*CLAIMS, "sub")
 # Claims looked up as they are (their presence alone refuses the token).
 _BY_PRESENCE: tuple[Kind, ...] = ("jti", "origin_jti", "sid")
 
