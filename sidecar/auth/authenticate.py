@@ -32,8 +32,9 @@ from aiohttp import web
 
 from sidecar.auth.csrf import CsrfTokens, OriginPolicy, is_websocket_upgrade
 from sidecar.auth.refresh import RefreshFlight
-from sidecar.auth.revocation import Revocation
+from sidecar.auth.revocation import ID_CLAIMS, Revocation
 from sidecar.auth.session import ApplyToResponse, Session, SessionStore, Tokens
+from sidecar.auth.token_digest import RefreshDigest, refresh_digest
 from sidecar.errors import CsrfRejected, ProviderError, RefreshFailed, TokenRejected
 from sidecar.identity import Identity
 from sidecar.keys import RESPONSE_HOOKS
@@ -55,6 +56,21 @@ class Caller:
     # The access token the identity was validated from (after a refresh: the new one).
     access_token: str
     source: Source
+
+
+@dataclass(slots=True)
+class _IdTokenMemo:
+    """What verifying one session ID token taught: one entry per ID token, so a warm request
+    neither digests nor looks up the ID token again (the validation cache would, by its SHA-256).
+
+    ``listed``: the claims the deny-list reads (:data:`~sidecar.auth.revocation.ID_CLAIMS`), from a
+    signature-checked token. ``identity`` / ``enriched``: the access token's Identity last enriched
+    from it, and the result (the identity-header block downstream is cached per Identity object).
+    """
+
+    listed: Mapping[str, Any]
+    identity: Identity | None = None
+    enriched: Identity | None = None
 
 
 class Authenticator:
@@ -91,8 +107,8 @@ class Authenticator:
         self.revocation = revocation
         self._csrf_rejections = metrics.csrf_rejections
         self._decisions: dict[str, Any] = {}
-        # (id of the access token's Identity, ID token) -> (that Identity, the enriched one).
-        self._enriched: dict[tuple[int, str], tuple[Identity, Identity]] = {}
+        # Session ID token -> what was learnt from verifying it (see _IdTokenMemo).
+        self._id_tokens: dict[str, _IdTokenMemo] = {}
 
     # -- the one entry point ------------------------------------------------------------------------
 
@@ -120,8 +136,9 @@ class Authenticator:
             if refresh_token is None:
                 self._record(exc.reason)
                 raise
-            await self.check_session_revoked(session, refresh_token, request=request)
-            identity, token = await self.renew(request, refresh_token)
+            digest = refresh_digest(refresh_token)
+            await self.check_session_revoked(session, digest, request=request)
+            identity, token = await self.renew(request, refresh_token, digest)
             self._record("refreshed")
         if source == "cookie":
             self._check_forgery(request, session, identity.sub)
@@ -147,9 +164,10 @@ class Authenticator:
             raise TokenRejected("revoked")
         return identity
 
-    async def check_session_revoked(self, session: Session, refresh_token: str | None = None, *,
+    async def check_session_revoked(self, session: Session, refresh: RefreshDigest | None = None, *,
                                      request: web.Request | None = None) -> None:
-        """A cookie session whose ID token (or refresh token) is revoked is over.
+        """A cookie session whose ID token (or refresh token, by its digest ``refresh``) is revoked
+        is over.
 
         Providers that name the session (``sid``) in the ID token only, Cognito-shaped ones whose
         access token carries no ``sid``, are caught here. Before a refresh the (possibly expired)
@@ -158,15 +176,13 @@ class Authenticator:
         revocation = self.revocation
         if revocation is None or not len(revocation.deny):
             return
-        revoked = refresh_token is not None and revocation.refuses_refresh(refresh_token)
+        revoked = refresh is not None and revocation.refuses_refresh(refresh)
         id_token = session.id_token
         if not revoked and id_token and shape.jws_compact(id_token):
-            validator = self.provider.get().validator
-            try:
-                claims = await validator.id_token(id_token, allow_expired=refresh_token is not None)
-            except TokenRejected:
-                claims = None
-            revoked = claims is not None and revocation.refuses_claims(claims)
+            memo = await self._id_token_memo(id_token, allow_expired=refresh is not None)
+            # The memo holds the token's claims, never a verdict: the deny-list is asked every time,
+            # so a revocation that arrives after the memo was filled refuses the very next request.
+            revoked = memo is not None and revocation.refuses_claims(memo.listed)
         if revoked:
             if request is not None:
                 self._record("revoked")
@@ -218,30 +234,54 @@ class Authenticator:
         id_token = session.id_token
         if identity.email is not None or not id_token:
             return identity
-        key = (id(identity), id_token)
-        hit = self._enriched.get(key)
-        if hit is not None and hit[0] is identity:
-            return hit[1]
+        memo = self._id_tokens.get(id_token)
+        if memo is not None and memo.identity is identity and memo.enriched is not None:
+            return memo.enriched
         try:
             claims = await self.provider.get().validator.id_token(id_token)
         except (TokenRejected, ProviderError):
             return identity
         enriched = with_id_claims(identity, claims)
-        if len(self._enriched) >= _ENRICHED_MAX:
-            self._enriched.clear()
-        self._enriched[key] = (identity, enriched)
+        memo = self._remember_id_token(id_token, claims)
+        memo.identity, memo.enriched = identity, enriched
         return enriched
+
+    async def _id_token_memo(self, id_token: str, *, allow_expired: bool) -> _IdTokenMemo | None:
+        """The memo of a verified ``id_token`` (verified now on a miss); None when it does not verify.
+
+        A hit is served even once the ID token has expired: its claims only ever refuse (a session
+        whose ID token names a revoked sid is over, expired or not), as before a refresh.
+        """
+        memo = self._id_tokens.get(id_token)
+        if memo is not None:
+            return memo
+        try:
+            claims = await self.provider.get().validator.id_token(id_token, allow_expired=allow_expired)
+        except TokenRejected:
+            return None
+        return self._remember_id_token(id_token, claims)
+
+    def _remember_id_token(self, id_token: str, claims: Mapping[str, Any]) -> _IdTokenMemo:
+        memo = self._id_tokens.get(id_token)
+        if memo is None:
+            if len(self._id_tokens) >= _ENRICHED_MAX:
+                self._id_tokens.clear()
+            listed = {name: claims[name] for name in ID_CLAIMS if name in claims}
+            memo = self._id_tokens[id_token] = _IdTokenMemo(listed)
+        return memo
 
     # -- shared with the /auth routes ---------------------------------------------------------------
 
-    async def renew(self, request: web.Request, refresh_token: str) -> tuple[Identity, str]:
+    async def renew(self, request: web.Request, refresh_token: str,
+                    digest: RefreshDigest) -> tuple[Identity, str]:
         """Refresh once (shared with concurrent callers); the new cookies ride on the response.
 
-        Returns the new identity (enriched from the new ID token) and the new access token.
+        ``digest`` is ``refresh_token``'s, computed once by the caller (which checked it against the
+        deny-list). Returns the new identity (enriched from the new ID token) and the new access token.
         """
         metrics = self._metrics
         try:
-            tokens = await self.flight.run(refresh_token, lambda: self._refresh(refresh_token))
+            tokens = await self.flight.run(digest, lambda: self._refresh(refresh_token))
             identity = await self._validated(tokens)
         except RefreshFailed:
             metrics.flow_events.labels("refresh", "invalid_grant").inc()

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
 
+from sidecar.auth.token_digest import RefreshDigest
 from sidecar.errors import ProviderError, RefreshFailed
 from sidecar.identity import Clock
 from sidecar.oidc.client import TokenSet
@@ -39,15 +39,12 @@ class SingleFlight(Generic[T]):
         self._clock = clock
         self._linger = linger
         self._max = max_entries
-        self._inflight: dict[bytes, asyncio.Future[T]] = {}
-        self._recent: dict[bytes, tuple[float, T]] = {}
+        self._inflight: dict[Hashable, asyncio.Future[T]] = {}
+        self._recent: dict[Hashable, tuple[float, T]] = {}
 
-    @staticmethod
-    def key(secret: str) -> bytes:
-        return hashlib.sha256(secret.encode()).digest()
-
-    async def run(self, secret: str, call: Callable[[], Awaitable[T]]) -> T:
-        key = self.key(secret)
+    async def run(self, key: Hashable, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``'s result, shared with every caller of the same ``key`` (for a refresh, the
+        token's :class:`~sidecar.auth.token_digest.RefreshDigest`: never the token itself)."""
         now = self._clock()
         recent = self._recent.get(key)
         if recent is not None and recent[0] > now:
@@ -60,7 +57,7 @@ class SingleFlight(Generic[T]):
         # shield: one impatient caller being cancelled must not cancel the others' refresh.
         return await asyncio.shield(future)
 
-    def _settle(self, key: bytes, future: asyncio.Future[T]) -> None:
+    def _settle(self, key: Hashable, future: asyncio.Future[T]) -> None:
         self._inflight.pop(key, None)
         if future.cancelled() or future.exception() is not None:
             return
@@ -108,17 +105,18 @@ class RefreshFlight:
         self._lease_ttl = lease_ttl
         self._poll = poll
 
-    async def run(self, refresh_token: str, call: Callable[[], Awaitable[TokenSet]]) -> TokenSet:
+    async def run(self, digest: RefreshDigest, call: Callable[[], Awaitable[TokenSet]]) -> TokenSet:
+        """The tokens ``call()`` gets for the refresh token of ``digest``, shared by every caller
+        of this process and, through the store, of every other."""
         if self._store is None:
-            return await self._local.run(refresh_token, call)
-        return await self._local.run(refresh_token, lambda: self._across(refresh_token, call))
+            return await self._local.run(digest, call)
+        return await self._local.run(digest, lambda: self._across(digest, call))
 
-    async def _across(self, refresh_token: str, call: Callable[[], Awaitable[TokenSet]]) -> TokenSet:
+    async def _across(self, digest: RefreshDigest, call: Callable[[], Awaitable[TokenSet]]) -> TokenSet:
         store, watch = self._store, self._watch
         assert store is not None
         assert watch is not None
-        digest = hashlib.sha256(refresh_token.encode("ascii")).hexdigest()
-        result_key, lease_key = f"refresh:{digest}:tokens", f"refresh:{digest}:lease"
+        result_key, lease_key = f"refresh:{digest.hex}:tokens", f"refresh:{digest.hex}:lease"
         deadline = asyncio.get_running_loop().time() + self._wait
         try:
             while True:

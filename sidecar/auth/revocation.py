@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args
 
+from sidecar.auth.token_digest import RefreshDigest, refresh_digest
 from sidecar.errors import TokenRejected
 from sidecar.identity import Clock, Identity
 from sidecar.observability import Logger, Metrics
@@ -45,6 +45,8 @@ Source = Literal["logout", "admin", "backchannel"]
 CHANNEL = "revoked"
 # What the hot path reads from an access token: the validator keeps these in Identity.claims.
 CLAIMS = ("jti", "origin_jti", "sid", "iat")
+# What the session check reads from an ID token (its ``sub`` too): all ``refuses_claims`` looks at.
+ID_CLAIMS = (*CLAIMS, "sub")
 # Claims looked up as they are (their presence alone refuses the token).
 _BY_PRESENCE: tuple[Kind, ...] = ("jti", "origin_jti", "sid")
 
@@ -65,11 +67,6 @@ class Revoked:
     until: float
     # ``sub`` only: tokens issued at or before this time are refused.
     at: float = 0.0
-
-
-def refresh_digest(refresh_token: str) -> str:
-    """What the deny-list holds for a refresh token (never the token)."""
-    return hashlib.sha256(refresh_token.encode("ascii", "replace")).hexdigest()[:32]
 
 
 class DenyList:
@@ -140,9 +137,10 @@ class DenyList:
                     return True
         return False
 
-    def refuses_refresh(self, refresh_token: str) -> bool:
+    def refuses_refresh(self, digest: RefreshDigest) -> bool:
+        """Whether the refresh token of ``digest`` is revoked (checked before any token request)."""
         table = self._tables["refresh"]
-        return bool(table) and refresh_digest(refresh_token) in table
+        return bool(table) and digest.listed in table
 
 
 class Revocation:
@@ -175,8 +173,8 @@ class Revocation:
     def refuses_claims(self, claims: Mapping[str, Any]) -> bool:
         return self.deny.refuses_claims(claims)
 
-    def refuses_refresh(self, refresh_token: str) -> bool:
-        return self.deny.refuses_refresh(refresh_token)
+    def refuses_refresh(self, digest: RefreshDigest) -> bool:
+        return self.deny.refuses_refresh(digest)
 
     # -- what to revoke ------------------------------------------------------------------------------
 
@@ -209,7 +207,8 @@ class Revocation:
                 entries.extend(Revoked(kind, value, until) for kind in ("origin_jti", "sid")
                                if isinstance(value := id_claims.get(kind), str))
         if refresh_token and refresh_token.isascii():
-            entries.append(Revoked("refresh", refresh_digest(refresh_token), now + self._refresh_lifetime))
+            entries.append(Revoked("refresh", refresh_digest(refresh_token).listed,
+                                   now + self._refresh_lifetime))
         return list(dict.fromkeys(entries))
 
     def of_subject(self, kind: Kind, value: str) -> Revoked:

@@ -18,6 +18,7 @@ from sidecar.auth import pkce
 from sidecar.auth.authenticate import Authenticator
 from sidecar.auth.return_to import ReturnToPolicy
 from sidecar.auth.session import SessionStore, Tokens
+from sidecar.auth.token_digest import refresh_digest
 from sidecar.auth.transaction import Transaction, TransactionStore
 from sidecar.config import Settings
 from sidecar.errors import FlowRejected, ProviderError, TokenRejected
@@ -204,8 +205,9 @@ class AuthRoutes:
         # The CSRF token is bound to the session's user: its (possibly expired) ID token says who.
         sub = await self.auth.session_sub(session)
         self.auth.check_csrf(request, session, sub or "")
-        await self.auth.check_session_revoked(session, session.refresh_token, request=request)
-        identity, _ = await self.auth.renew(request, session.refresh_token)
+        digest = refresh_digest(session.refresh_token)
+        await self.auth.check_session_revoked(session, digest, request=request)
+        identity, _ = await self.auth.renew(request, session.refresh_token, digest)
         return web.json_response(identity_json(identity))
 
     # -- me -------------------------------------------------------------------------------------

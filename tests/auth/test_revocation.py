@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sidecar.auth.revocation import DenyList, Revocation, Revoked, refresh_digest
+from sidecar.auth.revocation import DenyList, Revocation, Revoked
+from sidecar.auth.token_digest import refresh_digest
 from sidecar.config import OidcSettings, RedisSettings
 from sidecar.observability import Metrics, make_logger
 from sidecar.oidc.provider import ProviderLink
@@ -54,7 +55,7 @@ CASES: list[tuple[str, Revoked, Mapping[str, Any], bool]] = [
      {**TOKEN, "iat": "0"}, True),
     ("sub-spares-another-user", Revoked("sub", "u-2", LATER, at=NOW), TOKEN, False),
     ("a-list-valued-claim-is-no-crash", Revoked("jti", "j-1", LATER), {**TOKEN, "jti": ["j-1"]}, False),
-    ("a-refresh-digest-refuses-no-access-token", Revoked("refresh", refresh_digest("j-1"), LATER),
+    ("a-refresh-digest-refuses-no-access-token", Revoked("refresh", refresh_digest("j-1").listed, LATER),
      TOKEN, False),
 ]
 
@@ -66,15 +67,15 @@ def test_what_each_kind_of_entry_refuses(entry: Revoked, claims: Mapping[str, An
 
 def test_a_refresh_token_is_refused_by_its_digest_and_never_held_as_itself() -> None:
     token = secrets.token_urlsafe(48)
-    listed = deny(Revoked("refresh", refresh_digest(token), LATER))
-    assert listed.refuses_refresh(token)
-    assert not listed.refuses_refresh(secrets.token_urlsafe(48))
-    assert token not in refresh_digest(token)
+    listed = deny(Revoked("refresh", refresh_digest(token).listed, LATER))
+    assert listed.refuses_refresh(refresh_digest(token))
+    assert not listed.refuses_refresh(refresh_digest(secrets.token_urlsafe(48)))
+    assert token not in refresh_digest(token).listed
 
 
 def test_an_empty_deny_list_refuses_nothing() -> None:
     assert not DenyList().refuses_claims(TOKEN)
-    assert not DenyList().refuses_refresh("anything")
+    assert not DenyList().refuses_refresh(refresh_digest("anything"))
 
 
 def test_entries_leave_at_their_time_and_one_already_past_is_not_added() -> None:
@@ -112,7 +113,8 @@ def test_a_hundred_thousand_revoked_sessions_fit_the_memory_budget() -> None:
         for _ in range(100_000):
             listed.add(Revoked("jti", secrets.token_hex(16), NOW + 3600), NOW)
             listed.add(Revoked("origin_jti", secrets.token_hex(16), NOW + 86400), NOW)
-            listed.add(Revoked("refresh", refresh_digest(secrets.token_urlsafe(48)), NOW + 30 * 86400), NOW)
+            refresh = refresh_digest(secrets.token_urlsafe(48)).listed
+            listed.add(Revoked("refresh", refresh, NOW + 30 * 86400), NOW)
         used, _peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

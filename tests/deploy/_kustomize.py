@@ -9,10 +9,15 @@ is installed.
 from __future__ import annotations
 
 import copy
+import os
+import re
+import shutil
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 KUSTOMIZATION_KEYS = {
@@ -169,3 +174,49 @@ def apply_json_patch(doc: dict[str, Any], ops: Sequence[dict[str, Any]]) -> dict
         else:
             raise AssertionError(f"unknown JSON patch op {kind!r}")
     return out
+
+
+# --- what the tests read of rendered objects, and the real kustomize to compare with -----------------
+
+
+def objects(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    """The one object of ``kind`` (named ``name``, when given) in ``docs``."""
+    found = [d for d in objects(docs, kind) if name is None or d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}"
+    return found[0]
+
+
+def doc_id(doc: dict[str, Any]) -> str:
+    return f"{doc['kind']}/{doc['metadata']['name']}"
+
+
+def kubectl_kustomize(tmp_path: Path, root: Path, components: Sequence[Path] = ()) -> list[dict[str, Any]]:
+    """``kubectl kustomize`` of ``root`` plus ``components`` (through an overlay in ``tmp_path``);
+    skips the test where kubectl is not installed."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed; the minimal renderer alone checks the kustomization")
+    if components:
+        overlay = tmp_path / "overlay"
+        overlay.mkdir()
+        rel = [os.path.relpath(p, overlay) for p in [root, *components]]
+        (overlay / "kustomization.yaml").write_text(
+            yaml.safe_dump({"resources": rel[:1], "components": rel[1:]}), encoding="utf-8")
+        root = overlay
+    result = subprocess.run(  # noqa: S603 - a fixed command line
+        [kubectl, "kustomize", str(root)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def unhash(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Strip kustomize's content-hash suffix from generated names and their references; sorted."""
+    text = yaml.safe_dump_all(docs, sort_keys=True)
+    text = re.sub(r"\b(authsidecar-config)-[a-z0-9]{10}\b", r"\1", text)
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    return sorted(docs, key=lambda d: (d["kind"], d["metadata"]["name"]))

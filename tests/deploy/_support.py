@@ -26,6 +26,12 @@ REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
 EXAMPLE_CONFIG = REPO / "config" / "authsidecar.example.yaml"
 K8S = REPO / "deploy" / "k8s"
+# The components of deploy/k8s, and the demo overlay that builds on it.
+NATIVE = K8S / "native-sidecar"
+MONITORING = K8S / "prometheus-operator"
+REDIS_STORE = K8S / "redis-store"
+SERVER_SESSIONS = K8S / "server-sessions"
+DEMO = REPO / "deploy" / "examples" / "redis-demo"
 ECS_TASK = REPO / "deploy" / "ecs" / "task-definition.json"
 
 # The defaults every artefact must agree with (ports, upstream): those of the example config.

@@ -24,8 +24,8 @@ from sidecar.config_checks import COGNITO_ADMIN_SCOPE
 from sidecar.config_load import ENV_PREFIX, parse_settings
 
 from ._cfn import REGION, Stack, load_template
+from ._ecs import SECRET_ARN, enum_errors
 from ._support import CLIENT_SECRET, COOKIE_SECRET, ECS_TASK, EXAMPLE, REPO, config_key_for_env
-from .test_ecs import SECRET_ARN, _enum_errors
 
 AWS = REPO / "deploy" / "aws"
 TEMPLATES = sorted(AWS.glob("*.yaml"))
@@ -320,7 +320,7 @@ def test_the_task_definition_is_a_valid_register_task_definition_request(
     request = register_request(service(cognito(**cognito_changes), **service_changes))
     report = ParamValidator().validate(request, REGISTER)
     assert not report.has_errors(), report.generate_report()
-    assert _enum_errors(request, REGISTER, "task") == []
+    assert enum_errors(request, REGISTER, "task") == []
 
 
 def _without_placeholders(container: dict[str, Any]) -> dict[str, Any]:

@@ -8,22 +8,19 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-import botocore.session
 import pytest
-from botocore.model import Shape
 from botocore.validate import ParamValidator
 from pytest_aiohttp import AiohttpServer
 
 from sidecar import __version__, cli
-from sidecar.config import Settings
-from sidecar.config_load import ENV_PREFIX, parse_settings
+from sidecar.config_load import ENV_PREFIX
 
 from . import _dockerfile as df
+from ._ecs import BASE_TASK, INPUT_SHAPE, SECRET_ARN, TASKS, EcsTask, enum_errors
 from ._support import (
     CLIENT_SECRET,
     COOKIE_SECRET,
     DOCKERFILE,
-    ECS_TASK,
     EXAMPLE,
     admin_app,
     admin_routes,
@@ -32,13 +29,10 @@ from ._support import (
     run_probe,
 )
 
-TASK: dict[str, Any] = json.loads(ECS_TASK.read_text(encoding="utf-8"))
+TASK: dict[str, Any] = BASE_TASK.task
 CONTAINERS = {c["name"]: c for c in TASK["containerDefinitions"]}
 SIDECAR, APP = CONTAINERS["authsidecar"], CONTAINERS["app"]
 FINAL = df.parse(DOCKERFILE).final
-INPUT_SHAPE = (
-    botocore.session.get_session().get_service_model("ecs").operation_model("RegisterTaskDefinition").input_shape
-)
 # Fargate's task-size table: cpu units -> allowed memory (MiB).
 FARGATE_SIZES = {
     256: {512, 1024, 2048},
@@ -47,56 +41,21 @@ FARGATE_SIZES = {
     2048: set(range(4096, 16385, 1024)),
     4096: set(range(8192, 30721, 1024)),
 }
-SECRET_VALUES = {
-    "AUTHSIDECAR_OIDC__CLIENT_SECRET": CLIENT_SECRET,
-    "AUTHSIDECAR_COOKIES__SECRET": COOKIE_SECRET,
-}
-SECRET_ARN = re.compile(
-    r"^arn:aws:(secretsmanager:[a-z0-9-]+:\d{12}:secret:[\w/+=.@-]+"
-    r"|ssm:[a-z0-9-]+:\d{12}:parameter/[\w/.-]+)$"
-)
-
-
-def sidecar_environ() -> dict[str, str]:
-    """The sidecar's environment as the ECS agent sets it, secrets resolved to test values."""
-    environ = {e["name"]: e["value"] for e in SIDECAR["environment"]}
-    environ.update({s["name"]: SECRET_VALUES[s["name"]] for s in SIDECAR["secrets"]})
-    return environ
-
-
-def sidecar_settings() -> Settings:
-    # `command: ["serve"]` passes no --config: the environment is the whole configuration.
-    return parse_settings({}, sidecar_environ())
+sidecar_settings = BASE_TASK.settings
 
 
 # --- shape ------------------------------------------------------------------------------------------
 
 
-def test_task_definition_is_a_valid_register_task_definition_request() -> None:
-    report = ParamValidator().validate(TASK, INPUT_SHAPE)
+@pytest.mark.parametrize("ecs", TASKS)
+def test_task_definition_is_a_valid_register_task_definition_request(ecs: EcsTask) -> None:
+    report = ParamValidator().validate(ecs.task, INPUT_SHAPE)
     assert not report.has_errors(), report.generate_report()
 
 
-def _enum_errors(value: Any, shape: Shape, where: str) -> list[str]:
-    """ParamValidator skips enums; walk the request against the model's enum lists."""
-    errors = []
-    if shape.type_name == "structure":
-        for key, member in shape.members.items():
-            if key in value:
-                errors += _enum_errors(value[key], member, f"{where}.{key}")
-    elif shape.type_name == "list":
-        for i, item in enumerate(value):
-            errors += _enum_errors(item, shape.member, f"{where}[{i}]")
-    elif shape.type_name == "map":
-        for key, item in value.items():
-            errors += _enum_errors(item, shape.value, f"{where}.{key}")
-    elif getattr(shape, "enum", None) and value not in shape.enum:
-        errors.append(f"{where}: {value!r} not in {shape.enum}")
-    return errors
-
-
-def test_every_enumerated_field_holds_an_allowed_value() -> None:
-    assert _enum_errors(TASK, INPUT_SHAPE, "task") == []
+@pytest.mark.parametrize("ecs", TASKS)
+def test_every_enumerated_field_holds_an_allowed_value(ecs: EcsTask) -> None:
+    assert enum_errors(ecs.task, INPUT_SHAPE, "task") == []
 
 
 def test_task_is_a_fargate_awsvpc_task_of_a_valid_size() -> None:
@@ -129,8 +88,9 @@ def test_sidecar_command_is_serve_without_a_config_file() -> None:
     assert FINAL.one("ENTRYPOINT").exec_form() == ["authsidecar"]
 
 
-def test_every_authsidecar_variable_names_a_config_key() -> None:
-    names = [e["name"] for e in SIDECAR["environment"]] + [s["name"] for s in SIDECAR["secrets"]]
+@pytest.mark.parametrize("ecs", TASKS)
+def test_every_authsidecar_variable_names_a_config_key(ecs: EcsTask) -> None:
+    names = [e["name"] for e in ecs.sidecar["environment"]] + [s["name"] for s in ecs.sidecar["secrets"]]
     assert all(n.startswith(ENV_PREFIX) for n in names)
     assert len(names) == len(set(names))
     for name in names:
@@ -149,23 +109,27 @@ def test_environment_and_secrets_make_a_valid_configuration() -> None:
     assert settings.cookies.secure
 
 
-def test_check_config_accepts_the_task_environment(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("ecs", TASKS)
+def test_check_config_accepts_the_task_environment_and_prints_no_secret(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], ecs: EcsTask
 ) -> None:
     for name in list(os.environ):
         if name.startswith(ENV_PREFIX):
             monkeypatch.delenv(name)
-    for name, value in sidecar_environ().items():
+    for name, value in ecs.environ().items():
         monkeypatch.setenv(name, value)
-    assert cli.main(["check-config", *SIDECAR["command"][1:]]) == 0
+    assert cli.main(["check-config", *ecs.sidecar["command"][1:]]) == 0
     out = capsys.readouterr().out
-    assert CLIENT_SECRET not in out
-    assert COOKIE_SECRET not in out
-    assert json.loads(out)["upstream"]["url"] == "http://127.0.0.1:3000"
+    assert ecs.masked
+    for secret in ecs.masked:
+        assert secret not in out
+    effective = json.loads(out)
+    for section, values in ecs.shows.items():
+        assert {key: effective[section][key] for key in values} == values
 
 
 def test_secrets_come_from_secrets_manager_or_ssm_and_never_from_plain_environment() -> None:
-    assert {s["name"] for s in SIDECAR["secrets"]} == set(SECRET_VALUES)
+    assert {s["name"] for s in SIDECAR["secrets"]} == set(BASE_TASK.secret_values)
     for secret in SIDECAR["secrets"]:
         assert SECRET_ARN.match(secret["valueFrom"]), secret["valueFrom"]
     plain = {e["name"] for e in SIDECAR["environment"]}

@@ -7,54 +7,22 @@ Manager secret (JSON keys), checked against botocore's ECS model and parsed into
 from __future__ import annotations
 
 import copy
-import json
-import os
 import re
 from typing import Any
 
-import pytest
-from botocore.validate import ParamValidator
+from ._ecs import BASE_TASK, REDIS_PASSWORD, REDIS_TASK, REDIS_URL, SECRET_ARN
 
-from sidecar import cli
-from sidecar.config import Settings
-from sidecar.config_load import ENV_PREFIX, parse_settings
-
-from ._support import CLIENT_SECRET, COOKIE_SECRET, ECS_TASK, config_key_for_env
-from .test_ecs import INPUT_SHAPE, SECRET_ARN, _enum_errors
-
-ECS_REDIS_TASK = ECS_TASK.with_name("task-definition-redis.json")
-TASK: dict[str, Any] = json.loads(ECS_REDIS_TASK.read_text(encoding="utf-8"))
-BASE: dict[str, Any] = json.loads(ECS_TASK.read_text(encoding="utf-8"))
-SIDECAR = next(c for c in TASK["containerDefinitions"] if c["name"] == "authsidecar")
-REDIS_URL = "rediss://master.app-sessions.abc123.euw1.cache.amazonaws.com:6379/0"
-REDIS_PASSWORD = "an-elasticache-auth-token-of-32-characters"
-SECRET_VALUES = {
-    "AUTHSIDECAR_OIDC__CLIENT_SECRET": CLIENT_SECRET,
-    "AUTHSIDECAR_COOKIES__SECRET": COOKIE_SECRET,
-    "AUTHSIDECAR_STORE__REDIS__URL": REDIS_URL,
-    "AUTHSIDECAR_STORE__REDIS__PASSWORD": REDIS_PASSWORD,
-}
+# Shared with the base task (test_ecs.py, parametrized over both): a valid RegisterTaskDefinition
+# request with allowed enum values, every variable naming a config key, check-config accepting the
+# environment without printing a secret.
+TASK: dict[str, Any] = REDIS_TASK.task
+BASE: dict[str, Any] = BASE_TASK.task
+SIDECAR = REDIS_TASK.sidecar
 ADDED_ENV = {"AUTHSIDECAR_STORE__BACKEND", "AUTHSIDECAR_STORE__REDIS__KEY_PREFIX",
              "AUTHSIDECAR_SESSIONS__MODE"}
 ADDED_SECRETS = {"AUTHSIDECAR_STORE__REDIS__URL", "AUTHSIDECAR_STORE__REDIS__PASSWORD"}
 # A JSON key of a Secrets Manager secret: <secret arn>:<json-key>:<version-stage>:<version-id>.
 JSON_KEY_ARN = re.compile(r"^(arn:aws:secretsmanager:[a-z0-9-]+:\d{12}:secret:[\w/+=.@-]+):([\w.-]+)::$")
-
-
-def sidecar_environ() -> dict[str, str]:
-    environ = {e["name"]: e["value"] for e in SIDECAR["environment"]}
-    environ.update({s["name"]: SECRET_VALUES[s["name"]] for s in SIDECAR["secrets"]})
-    return environ
-
-
-def sidecar_settings() -> Settings:
-    return parse_settings({}, sidecar_environ())
-
-
-def test_redis_task_definition_is_a_valid_register_task_definition_request() -> None:
-    report = ParamValidator().validate(TASK, INPUT_SHAPE)
-    assert not report.has_errors(), report.generate_report()
-    assert _enum_errors(TASK, INPUT_SHAPE, "task") == []
 
 
 def test_it_is_the_base_task_plus_the_store_settings_and_nothing_else() -> None:
@@ -72,16 +40,8 @@ def test_it_is_the_base_task_plus_the_store_settings_and_nothing_else() -> None:
     assert names >= ADDED_ENV | ADDED_SECRETS
 
 
-def test_every_authsidecar_variable_names_a_config_key() -> None:
-    names = [e["name"] for e in SIDECAR["environment"]] + [s["name"] for s in SIDECAR["secrets"]]
-    assert all(n.startswith(ENV_PREFIX) for n in names)
-    assert len(names) == len(set(names))
-    for name in names:
-        config_key_for_env(name)
-
-
 def test_environment_and_secrets_make_a_fleet_configuration() -> None:
-    settings = sidecar_settings()
+    settings = REDIS_TASK.settings()
     assert settings.store.backend == "redis"
     assert settings.store.redis is not None
     assert settings.store.redis.url == REDIS_URL
@@ -90,21 +50,6 @@ def test_environment_and_secrets_make_a_fleet_configuration() -> None:
     assert settings.store.redis.key_prefix == "app:"
     assert settings.sessions.mode == "server"
     assert settings.cookies.secure
-
-
-def test_check_config_accepts_the_task_environment_and_prints_no_secret(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    for name in list(os.environ):
-        if name.startswith(ENV_PREFIX):
-            monkeypatch.delenv(name)
-    for name, value in sidecar_environ().items():
-        monkeypatch.setenv(name, value)
-    assert cli.main(["check-config", *SIDECAR["command"][1:]]) == 0
-    out = capsys.readouterr().out
-    for secret in (CLIENT_SECRET, COOKIE_SECRET, REDIS_PASSWORD):
-        assert secret not in out
-    assert json.loads(out)["store"]["backend"] == "redis"
 
 
 def test_redis_url_and_password_come_from_one_secrets_manager_secret_never_the_plain_environment() -> None:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +19,33 @@ from sidecar.errors import ConfigError
 from sidecar.observability import Metrics
 
 from . import _dockerfile as df
-from ._kustomize import apply_json_patch, load_kustomization, render
+from ._kustomize import (
+    apply_json_patch,
+    doc_id,
+    kubectl_kustomize,
+    load_kustomization,
+    objects,
+    one,
+    render,
+    unhash,
+)
 from ._support import (
     CLIENT_SECRET,
     COOKIE_SECRET,
+    DEMO,
     DOCKERFILE,
     EXAMPLE_CONFIG,
     K8S,
+    MONITORING,
+    NATIVE,
+    REDIS_STORE,
+    SERVER_SESSIONS,
     admin_routes,
     config_key_for_env,
     flat_keys,
     load_yaml,
 )
 
-NATIVE = K8S / "native-sidecar"
-MONITORING = K8S / "prometheus-operator"
 LATEST = major_minor(latest_version())
 BASE_VERSIONS = ["1.27", LATEST]  # the base uses nothing newer than 1.27
 NATIVE_VERSIONS = ["1.29", LATEST]  # restartPolicy: Always on init containers: 1.29+
@@ -49,16 +58,6 @@ CONFIG_TEXT = (K8S / "authsidecar.yaml").read_text(encoding="utf-8")
 DEPLOY_CONFIG = yaml.safe_load(CONFIG_TEXT)
 DEPLOY = DEPLOY_CONFIG
 IMAGE_UID = int(df.parse(DOCKERFILE).final.one("USER").args.split(":")[0])
-
-
-def objects(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [d for d in docs if d["kind"] == kind]
-
-
-def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [d for d in objects(docs, kind) if name is None or d["metadata"]["name"] == name]
-    assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}"
-    return found[0]
 
 
 DEPLOYMENT = one(BASE, "Deployment")
@@ -90,20 +89,34 @@ def settings_with_env(env: list[dict[str, Any]], tmp_path: Path, secrets: dict[s
 # --- kustomize ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "root", [K8S, NATIVE, MONITORING], ids=["base", "native-sidecar", "prometheus-operator"]
-)
-def test_kustomization_references_files_that_exist(root: Path) -> None:
+# Every kustomization and component of deploy/, with the kustomizations it builds on (resources that
+# are directories; every other resource is a file of its own directory).
+KUSTOMIZATIONS = [
+    pytest.param(K8S, (), id="base"),
+    pytest.param(NATIVE, (), id="native-sidecar"),
+    pytest.param(MONITORING, (), id="prometheus-operator"),
+    pytest.param(REDIS_STORE, (), id="redis-store"),
+    pytest.param(SERVER_SESSIONS, (), id="server-sessions"),
+    pytest.param(DEMO, ("../../k8s",), id="redis-demo"),
+]
+
+
+@pytest.mark.parametrize(("root", "bases"), KUSTOMIZATIONS)
+def test_kustomization_references_files_that_exist_and_uses_every_manifest_in_its_directory(
+    root: Path, bases: tuple[str, ...]
+) -> None:
     spec = load_kustomization(root)
-    for name in spec.get("resources", []):
-        assert (root / name).is_file(), name
+    resources = spec.get("resources", [])
+    assert [name for name in resources if not (root / name).is_file()] == list(bases)
+    for name in [*bases, *spec.get("components", [])]:
+        assert (root / name / "kustomization.yaml").is_file(), name
     for generator in spec.get("configMapGenerator", []):
         for entry in generator["files"]:
             assert (root / entry.rpartition("=")[2]).is_file(), entry
     for patch in spec.get("patches", []):
         assert (root / patch["path"]).is_file(), patch
     # Every manifest file in the directory is used: nothing is silently left out.
-    used = set(spec.get("resources", [])) | {p["path"] for p in spec.get("patches", [])}
+    used = {name for name in resources if name not in bases} | {p["path"] for p in spec.get("patches", [])}
     used |= {e.rpartition("=")[2] for g in spec.get("configMapGenerator", []) for e in g["files"]}
     assert {p.name for p in root.glob("*.yaml")} - {"kustomization.yaml"} == used
 
@@ -113,45 +126,23 @@ def test_base_holds_no_prometheus_operator_objects() -> None:
     assert not [d for d in BASE if d["apiVersion"] == CRD_GROUP]
 
 
-def _kubectl_build(tmp_path: Path, components: list[Path]) -> list[dict[str, Any]]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl not installed; the minimal renderer alone checks the kustomization")
-    overlay = tmp_path / "overlay"
-    overlay.mkdir()
-    rel = [os.path.relpath(p, overlay) for p in [K8S, *components]]
-    spec = {"resources": rel[:1], "components": rel[1:]}
-    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
-    result = subprocess.run(  # noqa: S603 - a fixed command line
-        [kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    return [d for d in yaml.safe_load_all(result.stdout) if d]
-
-
-def _unhash(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Strip kustomize's content-hash suffix from generated names and their references."""
-    text = yaml.safe_dump_all(docs, sort_keys=True)
-    text = re.sub(r"\b(authsidecar-config)-[a-z0-9]{10}\b", r"\1", text)
-    docs = [d for d in yaml.safe_load_all(text) if d]
-    return sorted(docs, key=lambda d: (d["kind"], d["metadata"]["name"]))
-
-
-@pytest.mark.parametrize("components", [[], [NATIVE, MONITORING]], ids=["base", "with-components"])
-def test_kubectl_kustomize_renders_what_the_tests_check(tmp_path: Path, components: list[Path]) -> None:
-    built = _kubectl_build(tmp_path, components)
-    assert _unhash(built) == _unhash(render(K8S, components))
+@pytest.mark.parametrize(
+    ("root", "components"),
+    [(K8S, []), (K8S, [NATIVE, MONITORING]), (K8S, [REDIS_STORE]),
+     (K8S, [REDIS_STORE, SERVER_SESSIONS, NATIVE]), (DEMO, [])],
+    ids=["base", "with-components", "redis-store", "store-sessions-native", "redis-demo"],
+)
+def test_kubectl_kustomize_renders_what_the_tests_check(
+    tmp_path: Path, root: Path, components: list[Path]
+) -> None:
+    assert unhash(kubectl_kustomize(tmp_path, root, components)) == unhash(render(root, components))
 
 
 # --- schemas --------------------------------------------------------------------------------------
 
 
-def _id(doc: dict[str, Any]) -> str:
-    return f"{doc['kind']}/{doc['metadata']['name']}"
-
-
 @pytest.mark.parametrize("version", BASE_VERSIONS)
-@pytest.mark.parametrize("doc", BASE, ids=_id)
+@pytest.mark.parametrize("doc", BASE, ids=doc_id)
 def test_base_manifest_is_valid_for_kubernetes(doc: dict[str, Any], version: str) -> None:
     kubernetes_validate.validate(doc, version, strict=True)
 
@@ -251,7 +242,7 @@ def test_every_selector_selects_the_pod() -> None:
     pod_labels = DEPLOYMENT["spec"]["template"]["metadata"]["labels"]
     assert _selects(DEPLOYMENT["spec"]["selector"]["matchLabels"], pod_labels)
     for service in objects(BASE, "Service"):
-        assert _selects(service["spec"]["selector"], pod_labels), _id(service)
+        assert _selects(service["spec"]["selector"], pod_labels), doc_id(service)
     assert _selects(one(BASE, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"], pod_labels)
     assert _selects(one(BASE, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"], pod_labels)
 

@@ -7,9 +7,6 @@ accept the password the sidecar reads.
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -18,20 +15,26 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import redis
-import yaml
 
 from sidecar.config import Settings
 from sidecar.config_load import ENV_PREFIX, parse_settings
 from sidecar.errors import ConfigError
 from tests.redis_server import REDIS_SERVER, RedisServer, free_port
 
-from ._kustomize import apply_json_patch, load_kustomization, render
-from ._support import COOKIE_SECRET, K8S, REPO, config_key_for_env, load_yaml
+from ._kustomize import apply_json_patch, doc_id, one, render
+from ._support import (
+    COOKIE_SECRET,
+    DEMO,
+    K8S,
+    NATIVE,
+    REDIS_STORE,
+    SERVER_SESSIONS,
+    config_key_for_env,
+    load_yaml,
+)
 
-REDIS_STORE = K8S / "redis-store"
-SERVER_SESSIONS = K8S / "server-sessions"
-NATIVE = K8S / "native-sidecar"
-DEMO = REPO / "deploy" / "examples" / "redis-demo"
+# Shared with the base (test_k8s.py, in its tables): every kustomization's files exist and are used,
+# and kubectl kustomize renders what these tests read (redis-store, store-sessions-native, redis-demo).
 SCHEMA_VERSIONS = ["1.27", kubernetes_validate.utils.major_minor(kubernetes_validate.utils.latest_version())]
 DEPLOY_CONFIG = load_yaml(K8S / "authsidecar.yaml")
 REDIS_SECRET = "authsidecar-redis"
@@ -39,12 +42,6 @@ REDIS_SECRET = "authsidecar-redis"
 WITH_STORE = render(K8S, [REDIS_STORE])
 WITH_SESSIONS = render(K8S, [REDIS_STORE, SERVER_SESSIONS])
 DEMO_DOCS = render(DEMO)
-
-
-def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
-    assert len(found) == 1, f"expected one {kind} {name}, got {len(found)}"
-    return found[0]
 
 
 def pod_of(docs: list[dict[str, Any]], name: str = "app") -> dict[str, Any]:
@@ -114,53 +111,6 @@ ELASTICACHE = {"url": "rediss://master.app-sessions.abc123.euw1.cache.amazonaws.
 # --- kustomize ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("root", [REDIS_STORE, SERVER_SESSIONS, DEMO],
-                         ids=["redis-store", "server-sessions", "redis-demo"])
-def test_kustomization_uses_every_manifest_in_its_directory(root: Path) -> None:
-    spec = load_kustomization(root)
-    used = {r for r in spec.get("resources", []) if (root / r).is_file()}
-    used |= {p["path"] for p in spec.get("patches", [])}
-    for name in used:
-        assert (root / name).is_file(), name
-    assert {p.name for p in root.glob("*.yaml")} - {"kustomization.yaml"} == used
-
-
-def _kubectl(tmp_path: Path, root: Path, components: list[Path]) -> list[dict[str, Any]]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl not installed; the minimal renderer alone checks the kustomization")
-    if components:
-        overlay = tmp_path / "overlay"
-        overlay.mkdir()
-        rel = [os.path.relpath(p, overlay) for p in [root, *components]]
-        (overlay / "kustomization.yaml").write_text(
-            yaml.safe_dump({"resources": rel[:1], "components": rel[1:]}), encoding="utf-8")
-        root = overlay
-    result = subprocess.run(  # noqa: S603 - a fixed command line
-        [kubectl, "kustomize", str(root)], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    return [d for d in yaml.safe_load_all(result.stdout) if d]
-
-
-def _unhash(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    text = yaml.safe_dump_all(docs, sort_keys=True)
-    text = re.sub(r"\b(authsidecar-config)-[a-z0-9]{10}\b", r"\1", text)
-    docs = [d for d in yaml.safe_load_all(text) if d]
-    return sorted(docs, key=lambda d: (d["kind"], d["metadata"]["name"]))
-
-
-@pytest.mark.parametrize(
-    ("root", "components"),
-    [(K8S, [REDIS_STORE]), (K8S, [REDIS_STORE, SERVER_SESSIONS, NATIVE]), (DEMO, [])],
-    ids=["redis-store", "store-sessions-native", "redis-demo"],
-)
-def test_kubectl_kustomize_renders_what_the_tests_check(
-    tmp_path: Path, root: Path, components: list[Path]
-) -> None:
-    assert _unhash(_kubectl(tmp_path, root, components)) == _unhash(render(root, components))
-
-
 def test_the_components_must_come_before_native_sidecar() -> None:
     # native-sidecar moves the container these patches edit; their `test` op refuses the other order.
     with pytest.raises((AssertionError, IndexError)):
@@ -178,12 +128,8 @@ def test_the_base_alone_still_runs_on_the_memory_store(tmp_path: Path) -> None:
 # --- schemas --------------------------------------------------------------------------------------
 
 
-def _id(doc: dict[str, Any]) -> str:
-    return f"{doc['kind']}/{doc['metadata']['name']}"
-
-
 @pytest.mark.parametrize("version", SCHEMA_VERSIONS)
-@pytest.mark.parametrize("doc", DEMO_DOCS, ids=_id)
+@pytest.mark.parametrize("doc", DEMO_DOCS, ids=doc_id)
 def test_demo_overlay_manifest_is_valid_for_kubernetes(doc: dict[str, Any], version: str) -> None:
     kubernetes_validate.validate(doc, version, strict=True)
 
@@ -268,7 +214,7 @@ def test_the_password_is_a_read_only_file_of_the_redis_secret_only_the_sidecar_m
 
 def test_the_components_bring_no_redis_server() -> None:
     # Production points at ElastiCache or Memorystore: a Redis inside the cluster is the demo's.
-    assert {_id(d) for d in WITH_SESSIONS} - {_id(d) for d in render(K8S)} == {f"Secret/{REDIS_SECRET}"}
+    assert {doc_id(d) for d in WITH_SESSIONS} - {doc_id(d) for d in render(K8S)} == {f"Secret/{REDIS_SECRET}"}
 
 
 # --- the demo overlay ----------------------------------------------------------------------------------

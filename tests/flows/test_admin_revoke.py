@@ -3,7 +3,9 @@ everywhere; only with the configured secret; never on the proxied port; absent w
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 
 from sidecar.config_load import parse_settings, redacted
 from sidecar.errors import ConfigError
+from tests.flows.browser_support import jar_cookies, login_as, new_browser
 from tests.flows.conftest import Stack, StackFactory
 from tests.flows.fleet_support import FleetFactory
 from tests.flows.test_fleet_revocation import CONNECTIONS, refused_within, session_headers, statuses
@@ -86,6 +89,66 @@ async def test_revoking_a_jti_or_a_sid_refuses_that_token_only(
     assert answer.status == 200
     assert await get(client, stack.url("/dashboard"), bearer(target)) == 401
     assert await get(client, stack.url("/dashboard"), bearer(other)) == 200
+
+
+async def signed_in_session(stack: Stack, client: aiohttp.ClientSession) -> tuple[dict[str, str], str]:
+    """A browser session's cookies as one header, and its ``sid``, with the deny-list already holding
+    another session (so every cookie request consults it: Cognito-shaped access tokens carry no
+    ``sid``, the session's ID token does)."""
+    assert (await revoke(client, stack.admin, {"sid": "another-session"})).status == 200
+    # A provider with back-channel logout names its session (sid) in the ID tokens it issues.
+    stack.provider.config = dataclasses.replace(stack.provider.config,
+                                                backchannel_logout_uris=(stack.url("/auth/backchannel-logout"),))
+    browser = await new_browser(stack)
+    assert (await login_as(stack, browser, "alice", at_provider=await stack.browser())).status == 302
+    cookies = jar_cookies(browser)
+    claims = stack.provider.keys.verify(cookies["id_token"])
+    assert claims is not None
+    assert "sid" not in (stack.provider.keys.verify(cookies["access_token"]) or {"sid": "?"})
+    header = "; ".join(f"{name}={value}" for name, value in cookies.items())
+    return {"Cookie": header, **JSON}, str(claims["sid"])
+
+
+async def test_a_session_revoked_by_sid_after_its_requests_is_refused_at_the_very_next_one(
+    make_stack: StackFactory, client: aiohttp.ClientSession,
+) -> None:
+    stack = await with_admin(make_stack)
+    session, sid = await signed_in_session(stack, client)
+    for _ in range(3):
+        assert await get(client, stack.url("/dashboard"), session) == 200
+
+    assert (await revoke(client, stack.admin, {"sid": sid})).status == 200
+
+    refused = await client.get(stack.url("/dashboard"), headers=session)
+    assert refused.status == 401
+    assert (await refused.json())["reason"] == "revoked"
+    assert stack.provider.calls["token:refresh_token"] == 0
+
+
+async def test_warm_cookie_requests_with_a_non_empty_deny_list_verify_the_id_token_no_more(
+    make_stack: StackFactory, client: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stack = await with_admin(make_stack)
+    session, _ = await signed_in_session(stack, client)
+    validator = stack.link.get().validator
+    looked_up = {"id_token": 0}
+    verify_id_token = validator.id_token
+
+    async def counted(token: str, **options: Any) -> Mapping[str, Any]:
+        looked_up["id_token"] += 1
+        return await verify_id_token(token, **options)
+
+    monkeypatch.setattr(validator, "id_token", counted)
+    assert await get(client, stack.url("/dashboard"), session) == 200
+    first = looked_up["id_token"]
+    hits = stack.metric("authsidecar_token_validation_cache_total", result="hit")
+
+    for _ in range(5):
+        assert await get(client, stack.url("/dashboard"), session) == 200
+
+    assert looked_up["id_token"] == first
+    # The access token: one validation-cache lookup per request, a hit; nothing else asked.
+    assert stack.metric("authsidecar_token_validation_cache_total", result="hit") == hits + 5
 
 
 @pytest.mark.parametrize("headers", [

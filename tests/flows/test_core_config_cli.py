@@ -344,6 +344,64 @@ def test_check_config_prints_the_effective_config_with_secrets_masked(
     assert CLIENT_SECRET not in out
 
 
+# -- the example configuration ------------------------------------------------------------------------
+
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "config" / "authsidecar.example.yaml"
+EXAMPLE_REDIS_PASSWORD_FILE = "/var/run/secrets/authsidecar/redis-password"
+
+
+def with_alternatives(text: str, *sections: str) -> str:
+    """``text`` with each top-level ``section`` replaced by the commented-out one below it (the line
+    ``# section:`` and the ``#   `` lines that follow), as a reader would uncomment it."""
+    kept: list[str] = []
+    dropping = uncommenting = False
+    for line in text.splitlines():
+        if any(line.startswith(f"{name}:") for name in sections):
+            dropping = True
+            continue
+        if dropping and line.startswith(" "):
+            continue
+        dropping = False
+        if any(line == f"# {name}:" for name in sections):
+            uncommenting = True
+        elif not (uncommenting and line.startswith("#   ")):
+            uncommenting = False
+        kept.append(line[2:] if uncommenting else line)
+    return "\n".join(kept) + "\n"
+
+
+EXAMPLES = [
+    pytest.param((), {"store": {"backend": "memory", "redis": None},
+                      "sessions": {"mode": "cookie", "cache_seconds": 5.0}}, id="as-shipped"),
+    pytest.param(("store", "sessions"), {"store": {"backend": "redis"}, "sessions": {"mode": "server"}},
+                 id="fleet-with-redis-and-server-sessions-uncommented"),
+]
+
+
+@pytest.mark.parametrize(("uncomment", "expected"), EXAMPLES)
+def test_the_example_config_passes_check_config_without_reaching_its_redis(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], uncomment: tuple[str, ...], expected: dict[str, Any],
+) -> None:
+    password = tmp_path / "redis-password"
+    password.write_text("redis-password-0123456789\n", encoding="utf-8")
+    text = with_alternatives(EXAMPLE_CONFIG.read_text(encoding="utf-8"), *uncomment)
+    assert [f"# {name}:" in text for name in uncomment] == [False] * len(uncomment)
+    path = write(tmp_path, text.replace(EXAMPLE_REDIS_PASSWORD_FILE, str(password)))
+
+    # check-config only reads and checks: the placeholder host (which resolves nowhere) is never asked.
+    code, out, lines = check_config(capsys, path)
+
+    assert (code, lines) == (0, [])
+    effective = json.loads(out)
+    for section, values in expected.items():
+        assert {key: effective[section][key] for key in values} == values
+    if "store" in uncomment:
+        redis = effective["store"]["redis"]
+        assert redis["url"] == "rediss://cache.example.internal:6379/0"
+        assert redis["password"] == "**********"
+        assert "redis-password-0123456789" not in out
+
+
 # -- environment overrides and secret files ------------------------------------------------------------
 
 
