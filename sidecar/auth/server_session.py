@@ -8,8 +8,9 @@ name), so a request head stays small whatever the user's groups: API Gateway ref
 
 The hot path never waits on Redis for a warm request: each process keeps a session it read for
 ``sessions.cache_seconds`` (≤ 5 s), and every save or clear is published, so the other processes
-drop their copy at once. A login always starts a new session id (no fixation); a refresh updates
-the session in place under the same id. Each session is indexed by its user and its provider
+drop their copy at once. Concurrent requests of one session not in memory share one ``GET``.
+A login always starts a new session id (no fixation); a refresh updates the session in place
+under the same id. Each session is indexed by its user and its provider
 session (digests of ``sub`` and ``sid``), so that a revocation (admin API, back-channel logout)
 deletes every session it names, at once, and publishes their invalidation. A forged, truncated
 or unknown id is no session (a 401, never a 500); when Redis does not answer and the session is
