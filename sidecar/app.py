@@ -133,6 +133,8 @@ def create_app(
     flight = RefreshFlight(
         clock, shared if shared.kind != "memory" else None, Sealer(secret), watch=watch,
         coordination=metrics.refresh_coordination, wait=settings.oidc.timeout + 5.0,
+        # How long a silent (timing-out) store is waited for: three of its command timeouts.
+        patience=3 * settings.store.redis.command_timeout if settings.store.redis else 3.0,
     )
     revocation = Revocation(
         shared, Sealer(secret, b"authsidecar/revoked/v1"), clock=clock, provider=provider,

@@ -97,8 +97,10 @@ class Metrics:
             ["kind"], registry=registry,
         )
         self.store_errors = Counter(
-            p + "store_errors_total", "Shared-store operations that failed, by store (memory, host, redis).",
-            ["store"], registry=registry,
+            p + "store_errors_total",
+            "Shared-store operations that failed, by store (memory, host, redis) and kind (timeout: "
+            "there but too slow; unavailable: refused or connection lost).",
+            ["store", "kind"], registry=registry,
         )
         self.revocations = Counter(
             p + "revocations_total", "Sessions or users revoked, by source (logout, admin, backchannel).",
@@ -112,7 +114,8 @@ class Metrics:
         self.refresh_coordination = Counter(
             p + "refresh_coordination_total",
             "Refreshes by role across processes: led (made the token request), joined (took another "
-            "process's result), alone (no shared store answered: this process only).",
+            "process's result), alone (the shared store is down: this process only), timeout (the "
+            "store was too slow to tell whether another process refreshes: answered 503, no token request).",
             ["role"], registry=registry,
         )
         self.provider_errors = Counter(

@@ -6,11 +6,14 @@ need one fail with a clear message when the binary is missing; ``scripts/test.sh
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,17 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Redis alive but answering nothing (SIGSTOP to its own PID, SIGCONT after): connections
+        still open (the kernel accepts them), every command times out. Only for a test's own
+        server (:func:`start_redis`), never the session-wide one others use."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.process.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -18,7 +18,7 @@ from sidecar.auth.token_digest import RefreshDigest
 from sidecar.errors import ProviderError, RefreshFailed
 from sidecar.identity import Clock
 from sidecar.oidc.client import TokenSet
-from sidecar.store.base import Lease, SharedStore, StoreUnavailable
+from sidecar.store.base import Lease, SharedStore, StoreTimeout, StoreUnavailable
 from sidecar.store.sealed import Sealer
 from sidecar.store.watch import StoreWatch
 
@@ -88,13 +88,23 @@ class RefreshFlight:
     third of its TTL while the token request runs so it never lapses mid-request; the new tokens,
     sealed, under the digest for ``linger`` seconds, so a late request on any process gets the same
     ones. Waiters poll for them (``poll`` seconds) until the leader's lease is gone; then they lead.
-    A refused refresh (``invalid_grant``) is shared too, so nobody retries a dead token. When the
-    store does not answer, the process refreshes alone (the per-process flight still holds).
+    A refused refresh (``invalid_grant``) is shared too, so nobody retries a dead token.
+
+    When the store is down (refused, connection lost) the process refreshes alone (the per-process
+    flight still holds). When it is there but slow (:class:`StoreTimeout`), what it did is unknown
+    (our ``SET NX`` may have taken the lease; another process may hold it and be refreshing), and a
+    second use of a rotating refresh token ends the sign-in: the process never refreshes alone
+    then. It keeps looking for the result and for the lease while the store stays silent for up to
+    ``patience`` seconds; past that the :class:`StoreTimeout` goes to the caller (a 503 with
+    ``Retry-After``, the session's cookies untouched, no token request made). A leader that has
+    its tokens keeps trying to share them for up to ``patience`` too, its lease renewed meanwhile,
+    so the others' retries find them rather than refreshing the same token again.
     """
 
     def __init__(self, clock: Clock, store: SharedStore | None, sealer: Sealer | None, *,
                  watch: StoreWatch | None, coordination: Any, wait: float,
-                 linger: float = 10.0, lease_ttl: float = 3.0, poll: float = 0.02) -> None:
+                 linger: float = 10.0, lease_ttl: float = 3.0, poll: float = 0.02,
+                 patience: float = 3.0) -> None:
         self._local: SingleFlight[TokenSet] = SingleFlight(clock, linger=linger)
         self._store = store
         self._sealer = sealer
@@ -104,6 +114,7 @@ class RefreshFlight:
         self._linger = linger
         self._lease_ttl = lease_ttl
         self._poll = poll
+        self._patience = patience
 
     async def run(self, digest: RefreshDigest, call: Callable[[], Awaitable[TokenSet]]) -> TokenSet:
         """The tokens ``call()`` gets for the refresh token of ``digest``, shared by every caller
@@ -117,23 +128,39 @@ class RefreshFlight:
         assert store is not None
         assert watch is not None
         result_key, lease_key = f"refresh:{digest.hex}:tokens", f"refresh:{digest.hex}:lease"
-        deadline = asyncio.get_running_loop().time() + self._wait
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._wait
+        # Since when the store has not answered (its commands time out), None while it answers.
+        silent_since: float | None = None
         try:
             while True:
-                found = await self._result(store, result_key)
-                if found is not None:
+                attempt = loop.time()
+                try:
+                    found = await self._result(store, result_key)
+                    if found is not None:
+                        watch.answered()
+                        self._coordination.labels(role="joined").inc()
+                        return found
+                    lease = await store.lease(lease_key, self._lease_ttl)
                     watch.answered()
-                    self._coordination.labels(role="joined").inc()
-                    return found
-                lease = await store.lease(lease_key, self._lease_ttl)
-                watch.answered()
-                if lease is not None:
-                    return await self._lead(store, lease, result_key, call)
-                if asyncio.get_running_loop().time() > deadline:
+                    silent_since = None
+                    if lease is not None:
+                        # A timeout out of here comes from its look for a result, made before
+                        # any token request (the lease is released): look again.
+                        return await self._lead(store, lease, result_key, call)
+                except StoreTimeout as exc:
+                    watch.failed(exc.reason, exc.kind)
+                    silent_since = attempt if silent_since is None else silent_since
+                    if loop.time() - silent_since >= self._patience:
+                        self._coordination.labels(role="timeout").inc()
+                        raise
+                if loop.time() > deadline:
                     raise ProviderError("refresh_timeout", "another process holds the refresh")
                 await asyncio.sleep(self._poll)
+        except StoreTimeout:
+            raise
         except StoreUnavailable as exc:
-            watch.failed(exc.reason)
+            watch.failed(exc.reason, exc.kind)
             self._coordination.labels(role="alone").inc()
             return await call()
 
@@ -164,15 +191,30 @@ class RefreshFlight:
     async def _keep(self, lease: Lease) -> None:
         while True:
             await asyncio.sleep(self._lease_ttl / 3)
-            if not await lease.renew():
-                return
+            try:
+                if not await lease.renew():
+                    return
+            except StoreTimeout:
+                continue  # slow, not lost: two thirds of the TTL are left to try again
 
     async def _share(self, store: SharedStore, key: str, fields: dict[str, Any]) -> None:
         assert self._sealer is not None
         sealed = self._sealer.seal(key, json.dumps(fields).encode())
-        # The tokens are in hand: a store that fails now must not fail the refresh.
-        with contextlib.suppress(StoreUnavailable):
-            await store.put(key, sealed, self._linger)
+        # The tokens are in hand: a store that fails now must not fail the refresh. A slow one is
+        # tried again (a put is idempotent) while the lease keeps the others from refreshing the
+        # same token: their retries must find these tokens.
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._patience
+        while True:
+            try:
+                await store.put(key, sealed, self._linger)
+                return
+            except StoreTimeout:
+                if loop.time() >= give_up:
+                    return
+                await asyncio.sleep(self._poll)
+            except StoreUnavailable:
+                return
 
     async def _result(self, store: SharedStore, key: str) -> TokenSet | None:
         assert self._sealer is not None

@@ -244,7 +244,7 @@ class Revocation:
                     deleted += await self.sessions.end_sessions(entry.kind, entry.value)
                 evicted = max(evicted, deleted)
         except StoreUnavailable as exc:
-            self._watch.failed(exc.reason)
+            self._watch.failed(exc.reason, exc.kind)
             self._log.warning("revocation_not_shared", store=self._store.kind, reason=exc.reason)
         return evicted
 
@@ -274,7 +274,7 @@ class Revocation:
         try:
             members = await self._store.members(CHANNEL)
         except StoreUnavailable as exc:
-            self._watch.failed(exc.reason)
+            self._watch.failed(exc.reason, exc.kind)
             return
         for member in members:
             self.receive(member)

@@ -8,8 +8,9 @@ name), so a request head stays small whatever the user's groups: API Gateway ref
 
 The hot path never waits on Redis for a warm request: each process keeps a session it read for
 ``sessions.cache_seconds`` (≤ 5 s), and every save or clear is published, so the other processes
-drop their copy at once. A login always starts a new session id (no fixation); a refresh updates
-the session in place under the same id. Each session is indexed by its user and its provider
+drop their copy at once. Concurrent requests of one session not in memory share one ``GET``.
+A login always starts a new session id (no fixation); a refresh updates the session in place
+under the same id. Each session is indexed by its user and its provider
 session (digests of ``sub`` and ``sid``), so that a revocation (admin API, back-channel logout)
 deletes every session it names, at once, and publishes their invalidation. A forged, truncated
 or unknown id is no session (a 401, never a 500); when Redis does not answer and the session is
@@ -19,6 +20,7 @@ nothing is cleared.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -81,6 +83,8 @@ class ServerStore:
         self._xsrf = policy.name("xsrf")
         # Redis key -> (served from memory until, the tokens or None for "no such session").
         self._cache: OrderedDict[str, tuple[float, dict[str, Any] | None]] = OrderedDict()
+        # Redis key -> the GET in flight for it (one per key, shared by concurrent misses).
+        self._reading: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
 
     # -- the SessionStore contract ------------------------------------------------------------------
 
@@ -171,21 +175,48 @@ class ServerStore:
     def invalidate(self, key: str) -> None:
         """Drop this process's copy (another process saved or cleared the session)."""
         self._cache.pop(key, None)
+        # A read begun before the change may bring the old record: later callers read anew.
+        self._reading.pop(key, None)
 
     async def _record(self, key: str, *, fresh: bool = False) -> dict[str, Any] | None:
         now = self._monotonic()
         hit = self._cache.get(key)
         if hit is not None and hit[0] > now and not fresh:
             return hit[1]
+        if fresh:
+            # A save reads what is there now: it does not take a read that began earlier.
+            record = await self._read(key)
+            self._remember(key, record)
+            return record
+        # The parallel requests of one page whose session is not in memory make one GET, not one
+        # each (a burst of them on a slow Redis would otherwise queue N commands behind each other).
+        flight = self._reading.get(key)
+        if flight is None:
+            flight = self._reading[key] = asyncio.ensure_future(self._read(key))
+            flight.add_done_callback(lambda done: self._landed(key, done))
+        # shield: one caller going away (a closed connection) must not cancel the others' read.
+        return await asyncio.shield(flight)
+
+    def _landed(self, key: str, flight: asyncio.Future[dict[str, Any] | None]) -> None:
+        current = self._reading.get(key) is flight
+        if current:
+            del self._reading[key]
+        # exception() also marks it retrieved: a failed read nobody waits for logs nothing.
+        if flight.cancelled() or flight.exception() is not None:
+            return
+        if current:
+            # Not invalidated while it was read: no newer record is known to this process.
+            self._remember(key, flight.result())
+
+    async def _read(self, key: str) -> dict[str, Any] | None:
         try:
             sealed = await self.redis.get(key)
         except StoreUnavailable as exc:
-            self._watch.failed(exc.reason)
+            self._watch.failed(exc.reason, exc.kind)
             raise
         self._watch.answered()
         opened = self.sealer.open(key, sealed) if sealed is not None else None
         record = json.loads(opened) if opened is not None else None
-        self._remember(key, record if isinstance(record, dict) else None)
         return record if isinstance(record, dict) else None
 
     def _remember(self, key: str, record: dict[str, Any] | None) -> None:
@@ -197,7 +228,7 @@ class ServerStore:
             self._cache.popitem(last=False)
 
     async def _forget(self, key: str) -> None:
-        self._cache.pop(key, None)
+        self.invalidate(key)
         await self.redis.delete(key)
         await self.redis.publish(CHANNEL, key)
 

@@ -127,7 +127,7 @@ class TransactionStore:
         try:
             spent = await self._shared.get(key) is not None
         except StoreUnavailable as exc:
-            self._failed(exc.reason)
+            self._failed(exc)
             return False
         self._answered()
         return spent
@@ -140,14 +140,14 @@ class TransactionStore:
         try:
             won = await self._shared.add(key, b"1", self.max_age)
         except StoreUnavailable as exc:
-            self._failed(exc.reason)
+            self._failed(exc)
             return first
         self._answered()
         return won and first
 
-    def _failed(self, reason: str) -> None:
+    def _failed(self, exc: StoreUnavailable) -> None:
         if self._watch is not None:
-            self._watch.failed(reason)
+            self._watch.failed(exc.reason, exc.kind)
 
     def _answered(self) -> None:
         if self._watch is not None:

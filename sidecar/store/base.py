@@ -12,6 +12,9 @@ Three implementations behind one protocol, each passing the same contract suite
 Values are bytes the caller has already sealed (:mod:`sidecar.store.sealed`) when they hold anything
 secret: a Redis dump alone reveals no token. Keys are digests and fixed names, never a credential.
 A store that cannot answer raises :class:`StoreUnavailable`; callers decide what to fall back to.
+One that is there but too slow raises :class:`StoreTimeout`: what the command did is then unknown
+(a ``SET NX`` may have been applied), so a caller that coordinates through it must not act as if
+nobody else could (``sidecar.auth.refresh`` waits, then answers 503, rather than refresh alone).
 """
 
 from __future__ import annotations
@@ -24,11 +27,20 @@ from sidecar.errors import SidecarError
 
 
 class StoreUnavailable(SidecarError):
-    """The shared store did not answer (down, timeout, refused). ``reason`` is a fixed identifier."""
+    """The shared store did not answer (down, refused, connection lost, or too slow: see
+    :class:`StoreTimeout`). ``reason`` is a fixed identifier; ``kind`` the metric label."""
+
+    kind = "unavailable"
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class StoreTimeout(StoreUnavailable):
+    """The store is reachable but did not answer in time: the command's outcome is unknown."""
+
+    kind = "timeout"
 
 
 class Lease(Protocol):

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from sidecar.store.base import FencedLease, StoreUnavailable, take_lease
+from sidecar.store.base import FencedLease, StoreTimeout, StoreUnavailable, take_lease
 from sidecar.store.memory import MemoryStore
 
 # The environment variable that hands the socket path to the workers.
@@ -155,7 +155,11 @@ class HostStoreClient:
         async with self._lock:
             try:
                 return await asyncio.wait_for(self._exchange(request), self._timeout)
-            except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as exc:
+            except TimeoutError:
+                # The supervisor's store is there but late: what it did with the request is unknown.
+                await self._drop()
+                raise StoreTimeout("TimeoutError") from None
+            except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
                 await self._drop()
                 raise StoreUnavailable(type(exc).__name__) from None
 

@@ -3,7 +3,10 @@
 redis-py's asyncio client directly, not aiocache's Redis back end: leases need two small Lua scripts
 (renew and release only while the fence value still matches, atomically in Redis), the pool size and
 both timeouts must be ours to set, and TLS (``rediss://``) with a private CA must be configurable;
-one client with one pool serves every operation. Every failure becomes :class:`StoreUnavailable`.
+one client with one pool serves every operation. Every failure becomes :class:`StoreUnavailable`;
+one that ran out of time (``command_timeout`` reading an answer, connecting, or waiting for a
+pooled connection) becomes :class:`StoreTimeout`: Redis may be alive and busy, and the command may
+have been applied.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from sidecar.config import RedisSettings
-from sidecar.store.base import FencedLease, StoreUnavailable, take_lease
+from sidecar.store.base import FencedLease, StoreTimeout, StoreUnavailable, take_lease
 
 T = TypeVar("T")
 
@@ -32,6 +36,16 @@ _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
+
+
+def _failure(exc: BaseException) -> StoreUnavailable:
+    """Slow (a timeout: outcome unknown) or down (refused, reset, auth failed): told apart for the
+    callers and the metrics. redis-py reports a pool wait that ran out of time as a
+    ``ConnectionError`` caused by the timeout: that is a busy client, not a lost Redis."""
+    reason = type(exc).__name__
+    if isinstance(exc, (RedisTimeout, TimeoutError)) or isinstance(exc.__cause__, TimeoutError):
+        return StoreTimeout(reason)
+    return StoreUnavailable(reason)
 
 
 class RedisStore:
@@ -60,7 +74,7 @@ class RedisStore:
         try:
             return await op(self._redis)
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(type(exc).__name__) from None
+            raise _failure(exc) from None
 
     def _key(self, key: str) -> str:
         return self._prefix + key

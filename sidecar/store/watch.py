@@ -10,7 +10,8 @@ from sidecar.store.base import StoreUnavailable
 
 
 class StoreWatch:
-    """The store's state as last seen: ``unknown`` (not reached yet), ``up`` or ``down``."""
+    """The store's state as last seen: ``unknown`` (not reached yet), ``up``, ``slow`` (commands
+    time out: it is there but late) or ``down`` (refused, connection lost)."""
 
     def __init__(self, kind: str, where: str, metrics: Metrics, log: Logger, *,
                  answered_yet: bool = True) -> None:
@@ -20,23 +21,28 @@ class StoreWatch:
         # False until a store that must be reached (Redis) has answered once: readiness waits
         # for it at start, but a store lost later never takes a serving replica out.
         self.answered_once = answered_yet
-        self._errors = metrics.store_errors.labels(store=kind)
+        self._errors = {k: metrics.store_errors.labels(store=kind, kind=k)
+                        for k in ("timeout", "unavailable")}
         self._log = log
 
     @property
     def available(self) -> bool:
         return self.state == "up"
 
-    def failed(self, reason: str) -> None:
-        self._errors.inc()
-        if self.state != "down":
-            self.state = "down"
-            # The host only: a password never reaches a log line.
-            self._log.warning("store_unavailable", store=self.kind, host=self.where, reason=reason)
+    def failed(self, reason: str, kind: str = "unavailable") -> None:
+        """A command failed; ``kind`` is :attr:`StoreUnavailable.kind` (``timeout`` or ``unavailable``)."""
+        slow = kind == "timeout"
+        self._errors["timeout" if slow else "unavailable"].inc()
+        state = "slow" if slow else "down"
+        if self.state != state:
+            self.state = state
+            # One line per change of state, not per request; the host only: never a password.
+            self._log.warning("store_slow" if slow else "store_unavailable", store=self.kind,
+                              host=self.where, reason=reason)
 
     def answered(self) -> None:
         if self.state != "up":
-            if self.state == "down":
+            if self.state in ("down", "slow"):
                 self._log.info("store_recovered" if self.answered_once else "store_connected",
                                store=self.kind, host=self.where)
             self.state = "up"
@@ -55,7 +61,7 @@ async def keep_watching(ping: Callable[[], Awaitable[None]], watch: StoreWatch, 
         try:
             await ping()
         except StoreUnavailable as exc:
-            watch.failed(exc.reason)
+            watch.failed(exc.reason, exc.kind)
             delay = min(delay * 2, max_backoff)
         else:
             watch.answered()

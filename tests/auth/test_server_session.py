@@ -7,6 +7,7 @@ import io
 import itertools
 from collections.abc import AsyncIterator
 from http.cookies import SimpleCookie
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,10 +21,11 @@ from sidecar.auth.server_session import CHANNEL, ServerStore
 from sidecar.auth.session import CookieCache, Tokens
 from sidecar.config import CookieSettings, CsrfSettings, RedisSettings
 from sidecar.observability import Metrics, make_logger
+from sidecar.store.base import StoreTimeout
 from sidecar.store.redis import RedisStore
 from sidecar.store.sealed import Sealer
 from sidecar.store.watch import StoreWatch
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, free_port, start_redis
 
 SECRET = b"k" * 32
 POLICY = CookiePolicy(CookieSettings(secure=False), CsrfSettings())
@@ -34,8 +36,10 @@ def request(cookie: str | None = None) -> web.Request:
     return make_mocked_request("GET", "/", headers={"Cookie": cookie} if cookie else {})
 
 
-async def process(redis_server: RedisServer, prefix: str) -> tuple[ServerStore, RedisStore, StoreWatch]:
-    redis = RedisStore(RedisSettings(url=redis_server.url, key_prefix=prefix))
+async def process(redis_server: RedisServer, prefix: str,
+                  timeout: float = 1.0) -> tuple[ServerStore, RedisStore, StoreWatch]:
+    redis = RedisStore(RedisSettings(url=redis_server.url, key_prefix=prefix, command_timeout=timeout,
+                                     connect_timeout=timeout))
     watch = StoreWatch("redis", "127.0.0.1", Metrics(CollectorRegistry()), make_logger(stream=io.StringIO()))
     cookies = CookieCache(POLICY.names.pattern.match)
     store = ServerStore(redis, Sealer(SECRET), POLICY, CsrfTokens(SECRET), cookies,
@@ -126,3 +130,50 @@ async def test_nothing_in_redis_is_a_token_or_a_session_id(
     assert b"sessions-of-sub:" in dump
     for secret in (b"eyJaccess", b"eyJid", b"refresh-secret-value", sid.encode(), b"user-1"):
         assert secret not in dump
+
+
+async def _gets(raw: aioredis.Redis) -> int:
+    """GET commands Redis has served so far (its own accounting, INFO commandstats)."""
+    stats = await raw.info("commandstats")
+    return int(stats.get("cmdstat_get", {}).get("calls", 0))
+
+
+async def test_concurrent_requests_of_a_session_not_in_memory_make_one_redis_get(
+    redis_server: RedisServer,
+) -> None:
+    prefix = f"coalesce{next(_prefixes)}:"
+    writer, redis_w, _ = await process(redis_server, prefix)
+    reader, redis_r, _ = await process(redis_server, prefix)  # another process: nothing in memory
+    raw = aioredis.Redis.from_url(redis_server.url)
+    try:
+        cookie = session_cookie(await writer.save(request(), Tokens("access", 1e12, "user-1", "id", "r",
+                                                                    fresh_login=True)), web.Response())
+        before = await _gets(raw)
+        sessions = await asyncio.gather(*(reader.load(request(cookie)) for _ in range(20)))
+        assert await _gets(raw) - before == 1
+        assert [s.access_token for s in sessions] == ["access"] * 20
+    finally:
+        await raw.aclose()
+        await redis_w.close()
+        await redis_r.close()
+
+
+async def test_concurrent_requests_on_a_slow_redis_each_get_store_timeout_and_nothing_is_cleared(
+    tmp_path: Path,
+) -> None:
+    own = start_redis(tmp_path, free_port())
+    try:
+        writer, redis_w, _ = await process(own, "slow:")
+        reader, reader_redis, _ = await process(own, "slow:", timeout=0.1)
+        cookie = session_cookie(await writer.save(request(), Tokens("access", 1e12, "user-1", "id", "r",
+                                                                    fresh_login=True)), web.Response())
+        with own.paused():
+            failed = await asyncio.gather(*(reader.load(request(cookie)) for _ in range(5)),
+                                          return_exceptions=True)
+        assert [type(f) for f in failed] == [StoreTimeout] * 5
+        # Fast again: the session is there, untouched.
+        assert (await reader.load(request(cookie))).access_token == "access"
+        await redis_w.close()
+        await reader_redis.close()
+    finally:
+        own.stop()
