@@ -312,9 +312,10 @@ class TokenValidator:
         if shape.jws_compact(token):
             digest = self._digest(_ACCESS, token)
             identity = self._lookup(digest)
-            # A miss is followed by verify_access(token): it takes this digest instead of hashing
-            # the token again (matched by object identity, so never another token's digest).
-            self._missed = (token, digest)
+            if identity is None:
+                # verify_access(token) follows a miss: it takes this digest instead of hashing the
+                # token again (matched by object identity, so never another token's digest).
+                self._missed = (token, digest)
         (self._hit if identity is not None else self._miss).inc()
         return identity
 
