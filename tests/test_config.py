@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import typing
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from sidecar.app import create_app
 from sidecar.auth.return_to import ReturnToPolicy
@@ -174,3 +177,25 @@ def test_a_pattern_ending_in_a_slash_without_a_wildcard_gets_a_warning_naming_it
     assert len(warnings) == len(expected), warnings
     for line, want in zip(warnings, expected, strict=True):
         assert line.startswith(want)
+
+
+def _schema_keys_missing(model: type[BaseModel], doc: object, prefix: str = "") -> list[str]:
+    """Keys of ``model`` (nested sections included) that ``doc`` does not write out."""
+    missing = []
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        if not isinstance(doc, dict) or key not in doc:
+            missing.append(prefix + key)
+            continue
+        nested = [a for a in (field.annotation, *typing.get_args(field.annotation))
+                  if isinstance(a, type) and issubclass(a, BaseModel)]
+        if nested and isinstance(doc[key], dict):
+            missing += _schema_keys_missing(nested[0], doc[key], f"{prefix}{key}.")
+    return missing
+
+
+def test_the_example_config_writes_out_every_key_of_the_schema() -> None:
+    example = Path(__file__).resolve().parents[1] / "config" / "authsidecar.example.yaml"
+    assert "every key" in example.read_text().splitlines()[0]
+
+    assert _schema_keys_missing(Settings, yaml.safe_load(example.read_text())) == []
