@@ -18,7 +18,7 @@ from sidecar.auth.token_digest import RefreshDigest
 from sidecar.errors import ProviderError, RefreshFailed
 from sidecar.identity import Clock
 from sidecar.oidc.client import TokenSet
-from sidecar.store.base import Lease, SharedStore, StoreTimeout, StoreUnavailable
+from sidecar.store.base import Lease, SharedStore, StoreTimeout, StoreUnavailable, new_fence
 from sidecar.store.sealed import Sealer
 from sidecar.store.watch import StoreWatch
 
@@ -132,6 +132,10 @@ class RefreshFlight:
         deadline = loop.time() + self._wait
         # Since when the store has not answered (its commands time out), None while it answers.
         silent_since: float | None = None
+        # One fence for every attempt: a lease attempt that timed out may still have been applied,
+        # and the next attempt then finds its own fence in the store and goes on as the leader
+        # instead of waiting the lease out as somebody else's.
+        fence = new_fence()
         try:
             while True:
                 attempt = loop.time()
@@ -141,7 +145,7 @@ class RefreshFlight:
                         watch.answered()
                         self._coordination.labels(role="joined").inc()
                         return found
-                    lease = await store.lease(lease_key, self._lease_ttl)
+                    lease = await store.lease(lease_key, self._lease_ttl, fence)
                     watch.answered()
                     silent_since = None
                     if lease is not None:

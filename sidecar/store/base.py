@@ -86,12 +86,23 @@ class FencedLease:
         await self._store.delete_if(self._key, self._fence)
 
 
-async def take_lease(store: Fenced, key: str, ttl: float) -> FencedLease | None:
-    """The lease on ``key`` for ``ttl`` seconds (SET NX with a fresh fence), or None while held."""
-    fence = secrets.token_hex(16).encode()
-    if not await store.add(key, fence, ttl):
-        return None
-    return FencedLease(store, key, fence, ttl)
+def new_fence() -> bytes:
+    """A fence value no other holder will have."""
+    return secrets.token_hex(16).encode()
+
+
+async def take_lease(store: Fenced, key: str, ttl: float, fence: bytes | None = None) -> FencedLease | None:
+    """The lease on ``key`` for ``ttl`` seconds (SET NX with a fence), or None while another holds it.
+
+    ``fence``: the caller's own, kept across its attempts: an attempt whose answer was lost (a
+    timeout) may have set it, so a lease found holding it is the caller's and is returned, renewed,
+    rather than waited out as somebody else's. None: a fresh fence, one command.
+    """
+    mine = fence is not None
+    fence = fence if fence is not None else new_fence()
+    if await store.add(key, fence, ttl) or (mine and await store.renew_if(key, fence, ttl)):
+        return FencedLease(store, key, fence, ttl)
+    return None
 
 
 class SharedStore(Protocol):
@@ -111,8 +122,10 @@ class SharedStore(Protocol):
 
     async def delete(self, key: str) -> None: ...
 
-    async def lease(self, key: str, ttl: float) -> Lease | None:
-        """Take the lease on ``key`` for ``ttl`` seconds, or None while another holds it."""
+    async def lease(self, key: str, ttl: float, fence: bytes | None = None) -> Lease | None:
+        """Take the lease on ``key`` for ``ttl`` seconds, or None while another holds it.
+
+        ``fence``: the caller's own across its attempts (see :func:`take_lease`)."""
         ...
 
     async def append(self, collection: str, member: str, until: float) -> None:

@@ -197,8 +197,8 @@ class HostStoreClient:
     async def delete(self, key: str) -> None:
         await self._ask({"op": "delete", "key": key})
 
-    async def lease(self, key: str, ttl: float) -> FencedLease | None:
-        return await take_lease(self, key, ttl)
+    async def lease(self, key: str, ttl: float, fence: bytes | None = None) -> FencedLease | None:
+        return await take_lease(self, key, ttl, fence)
 
     async def renew_if(self, key: str, fence: bytes, ttl: float) -> bool:
         answer = await self._ask({"op": "renew_if", "key": key, "value": _b64(fence), "ttl": ttl})

@@ -43,8 +43,8 @@ class MemoryStore:
     async def delete(self, key: str) -> None:
         await self._cache.delete(key)
 
-    async def lease(self, key: str, ttl: float) -> FencedLease | None:
-        return await take_lease(self, key, ttl)
+    async def lease(self, key: str, ttl: float, fence: bytes | None = None) -> FencedLease | None:
+        return await take_lease(self, key, ttl, fence)
 
     # One event loop: nothing runs between each read and write below (no await suspends there).
     async def renew_if(self, key: str, fence: bytes, ttl: float) -> bool:

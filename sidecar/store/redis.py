@@ -95,8 +95,8 @@ class RedisStore:
     async def delete(self, key: str) -> None:
         await self._call(lambda r: r.delete(self._key(key)))
 
-    async def lease(self, key: str, ttl: float) -> FencedLease | None:
-        return await take_lease(self, key, ttl)
+    async def lease(self, key: str, ttl: float, fence: bytes | None = None) -> FencedLease | None:
+        return await take_lease(self, key, ttl, fence)
 
     async def renew_if(self, key: str, fence: bytes, ttl: float) -> bool:
         return bool(await self._call(lambda r: r.eval(_RENEW, 1, self._key(key), fence, _ms(ttl))))

@@ -14,6 +14,7 @@ import itertools
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -23,7 +24,7 @@ from sidecar.auth.token_digest import refresh_digest
 from sidecar.config import RedisSettings
 from sidecar.observability import Metrics, make_logger
 from sidecar.oidc.client import TokenSet
-from sidecar.store.base import StoreTimeout
+from sidecar.store.base import FencedLease, StoreTimeout, take_lease
 from sidecar.store.redis import RedisStore
 from sidecar.store.sealed import Sealer
 from sidecar.store.watch import StoreWatch
@@ -164,3 +165,50 @@ async def test_a_store_that_refuses_connections_is_down_and_the_process_refreshe
     assert gone.count("refresh_coordination", role="alone") == 1
     assert gone.count("store_errors", store="redis", kind="unavailable") >= 1
     assert gone.count("store_errors", store="redis", kind="timeout") == 0
+
+
+class LostLeaseAnswer:
+    """The real store, except that the first SET of a lease is applied and its answer lost: the
+    process hears a timeout although the lease is now its own."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self._store = store
+        self.lost = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def add(self, key: str, value: bytes, ttl: float) -> bool:
+        applied = await self._store.add(key, value, ttl)
+        if key.endswith(":lease") and not self.lost:
+            self.lost += 1
+            raise StoreTimeout("redis_timeout")
+        return applied
+
+    async def lease(self, key: str, ttl: float, fence: bytes | None = None) -> FencedLease | None:
+        return await take_lease(self, key, ttl, fence)
+
+
+async def test_a_lease_whose_answer_was_lost_is_taken_back_not_waited_out(own_redis: RedisServer) -> None:
+    replica = Replica(own_redis.url, f"flight{next(_prefixes)}:")
+    store = LostLeaseAnswer(replica.store)
+    metrics = Metrics(CollectorRegistry())
+    flight = RefreshFlight(FakeClock(), store, Sealer(b"s" * 32), watch=replica.watch,  # type: ignore[arg-type]
+                           coordination=metrics.refresh_coordination, wait=5.0, lease_ttl=3.0,
+                           patience=3 * TIMEOUT)
+    provider = Provider()
+    provider.release.set()
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        tokens = await flight.run(RT0, provider.refresh)
+        took = loop.time() - started
+    finally:
+        await flight.close()
+        await replica.close()
+
+    assert store.lost == 1
+    assert tokens.access_token == "at-1"
+    assert provider.calls == 1
+    # Recognised by its fence on the next attempt, not waited out for the lease's 3 s.
+    assert took < 1.0

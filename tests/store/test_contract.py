@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import RedisSettings
-from sidecar.store.base import SharedStore, StoreUnavailable
+from sidecar.store.base import SharedStore, StoreUnavailable, new_fence
 from sidecar.store.host import HostStoreClient, HostStoreServer
 from sidecar.store.memory import MemoryStore
 from sidecar.store.redis import RedisStore
@@ -94,6 +94,21 @@ async def test_a_lapsed_lease_taken_by_another_is_neither_renewed_nor_released_b
     # The fence kept the second holder's lease in place.
     assert await store.lease("job", ttl=5) is None
     await second.release()
+
+
+async def test_a_lease_already_holding_the_callers_own_fence_is_the_callers(store: SharedStore) -> None:
+    # An attempt whose answer was lost (a timeout) may have set the lease with this fence.
+    mine, theirs = new_fence(), new_fence()
+    assert await store.add("job", mine, ttl=0.4) is True
+
+    assert await store.lease("job", ttl=5, fence=theirs) is None
+    assert await store.lease("job", ttl=5) is None
+    lease = await store.lease("job", ttl=5, fence=mine)
+    assert lease is not None
+    await asyncio.sleep(0.6)  # past the first TTL: taking it back renewed it for 5 s
+    assert await store.lease("job", ttl=5) is None
+    await lease.release()
+    assert await store.get("job") is None
 
 
 async def test_many_concurrent_leases_for_one_key_have_one_winner(store: SharedStore) -> None:
