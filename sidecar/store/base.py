@@ -141,12 +141,13 @@ class SharedStore(Protocol):
         ...
 
     async def listen(self, channel: str, on_message: Callable[[str], None], *,
-                     on_failure: Callable[[str], None], on_answer: Callable[[], None]) -> None:
+                     on_failure: Callable[[str, str], None], on_answer: Callable[[], None]) -> None:
         """Call ``on_message`` for every message on ``channel`` until cancelled.
 
         ``on_answer`` runs each time the subscription is (re)established: what was published while
         it was down is lost, so a listener reloads from :meth:`members` then. A lost connection is
-        reported to ``on_failure`` and retried with backoff.
+        reported to ``on_failure`` (reason, and ``timeout`` or ``unavailable`` as
+        :attr:`StoreUnavailable.kind`) and retried with backoff.
         """
         ...
 

@@ -218,7 +218,7 @@ class HostStoreClient:
         await self._ask({"op": "publish", "key": channel, "member": message})
 
     async def listen(self, channel: str, on_message: Callable[[str], None], *,
-                     on_failure: Callable[[str], None], on_answer: Callable[[], None],
+                     on_failure: Callable[[str, str], None], on_answer: Callable[[], None],
                      retry: float = 0.2, max_retry: float = 5.0) -> None:
         """Its own connection, subscribed to ``channel``: pushed lines until cancelled."""
         delay = retry
@@ -238,7 +238,7 @@ class HostStoreClient:
                         on_message(pushed["message"])
                 raise ConnectionResetError("host store closed the connection")
             except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-                on_failure(type(exc).__name__)
+                on_failure(type(exc).__name__, "timeout" if isinstance(exc, TimeoutError) else "unavailable")
             finally:
                 if writer is not None:
                     writer.close()

@@ -82,7 +82,7 @@ class MemoryStore:
             listener(message)
 
     async def listen(self, channel: str, on_message: Callable[[str], None], *,
-                     on_failure: Callable[[str], None], on_answer: Callable[[], None]) -> None:
+                     on_failure: Callable[[str, str], None], on_answer: Callable[[], None]) -> None:
         listeners = self._listeners.setdefault(channel, [])
         listeners.append(on_message)
         try:

@@ -129,7 +129,7 @@ class RedisStore:
         await self._call(lambda r: r.publish(self._key(channel), message))
 
     async def listen(self, channel: str, on_message: Callable[[str], None], *,
-                     on_failure: Callable[[str], None], on_answer: Callable[[], None],
+                     on_failure: Callable[[str, str], None], on_answer: Callable[[], None],
                      retry: float = 1.0, max_retry: float = 30.0) -> None:
         """Call ``on_message`` for every message on ``channel`` until cancelled; reconnect with
         backoff when the connection is lost (what was missed meanwhile, the callers' short cache
@@ -147,7 +147,8 @@ class RedisStore:
                     if message is not None and isinstance(message.get("data"), bytes):
                         on_message(message["data"].decode("ascii", "replace"))
             except (RedisError, OSError) as exc:
-                on_failure(type(exc).__name__)
+                failure = _failure(exc)
+                on_failure(failure.reason, failure.kind)
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()

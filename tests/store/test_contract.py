@@ -165,7 +165,7 @@ async def test_a_message_published_reaches_every_listener_of_its_channel_only(st
 
     tasks = [asyncio.create_task(store.listen(
         "other-channel" if name == "other" else "revoked", receiver(name),
-        on_failure=lambda reason: None, on_answer=subscribed[name].set)) for name in got]
+        on_failure=lambda reason, kind: None, on_answer=subscribed[name].set)) for name in got]
     try:
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in subscribed.values())), 5)
         await store.publish("revoked", "entry-1")
@@ -184,12 +184,12 @@ async def test_a_listener_that_lost_its_host_store_says_so_and_comes_back(tmp_pa
     client = HostStoreClient(path)
     answers, failures = asyncio.Queue[str](), asyncio.Queue[str]()
     task = asyncio.create_task(client.listen("revoked", lambda m: None,
-                                             on_failure=failures.put_nowait,
+                                             on_failure=lambda reason, kind: failures.put_nowait(kind),
                                              on_answer=lambda: answers.put_nowait("up")))
     try:
         assert await asyncio.wait_for(answers.get(), 5) == "up"
         server.stop()
-        await asyncio.wait_for(failures.get(), 5)
+        assert await asyncio.wait_for(failures.get(), 5) == "unavailable"
         server = HostStoreServer(path)
         server.start()
         assert await asyncio.wait_for(answers.get(), 10) == "up"
