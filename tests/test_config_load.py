@@ -1,4 +1,5 @@
-"""The loader (sidecar.config_load): *_file keys, every problem in one round, runtime defaults."""
+"""The loader (sidecar.config_load): environment overrides, *_file keys, every problem in one round,
+runtime defaults."""
 
 from __future__ import annotations
 
@@ -171,6 +172,8 @@ def test_a_text_key_from_the_environment_takes_the_value_as_written(
     ("environ", "read", "expected"),
     [
         pytest.param({"AUTHSIDECAR_WORKERS": "2"}, lambda s: s.workers, 2, id="int"),
+        pytest.param({"AUTHSIDECAR_WORKERS": "3  # one per core"}, lambda s: s.workers, 3,
+                     id="int-with-a-yaml-comment"),
         pytest.param({"AUTHSIDECAR_UPSTREAM__READ_TIMEOUT": "12.5"}, lambda s: s.upstream.read_timeout, 12.5,
                      id="float"),
         pytest.param({"AUTHSIDECAR_LOGGING__ACCESS_LOG": "no"}, lambda s: s.logging.access_log, False,
