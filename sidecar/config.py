@@ -13,7 +13,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -48,6 +48,12 @@ AUTH_ROUTES = frozenset({"/auth/login", "/auth/callback", "/auth/refresh", "/aut
 # Validation context key: dotted keys that failed their own checks; cross-key rules reading them
 # are skipped (their values here are stand-ins, see sidecar.config_load).
 FAILED_KEYS = "failed_keys"
+
+
+class AsWritten:
+    """Marks a text key that takes any text from the environment, ``null`` and ``~`` included (a
+    user name may be any text), like a secret; leave the variable out to leave it unset. Other
+    optional text keys are unset by those words (see :mod:`sidecar.config_load`)."""
 
 
 class Section(BaseModel):
@@ -328,7 +334,7 @@ class Rule(Section):
 class RedisSettings(Section):
     # redis://host:6379/0 or rediss:// (TLS); credentials go in username / password(_file).
     url: str
-    username: str | None = None
+    username: Annotated[str | None, AsWritten()] = None
     password: SecretStr | None = None
     # Prepended to every key: several deployments can share one Redis without seeing each other.
     key_prefix: str = Field("authsidecar:", min_length=1, max_length=64)

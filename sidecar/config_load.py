@@ -6,35 +6,39 @@ listing every problem, each naming its dotted key, all in one round: a broken fi
 a broken cross-key rule (see :mod:`sidecar.config_rules`). The checks themselves are the schema's.
 
 Environment overrides: ``AUTHSIDECAR_`` + the dotted key upper-cased with ``__`` between levels, e.g.
-``AUTHSIDECAR_OIDC__CLIENT_ID`` sets ``oidc.client_id``. Values are read as YAML scalars or flow
-collections (``true``, ``42``, ``[admins, ops]``). Any key ``X`` also accepts ``X_file``: the path of a
-file whose contents (trailing newline stripped) become the value, for Kubernetes Secrets mounted as
+``AUTHSIDECAR_OIDC__CLIENT_ID`` sets ``oidc.client_id``. The schema's type of that key says what the
+value means (:func:`_env_value`): a text key takes it as written, any other key reads it as YAML
+(``true``, ``42``, ``[admins, ops]``). Any key ``X`` also accepts ``X_file``: the path of a file whose
+contents (trailing newline stripped) become the value as written, for Kubernetes Secrets mounted as
 files, e.g. ``AUTHSIDECAR_OIDC__CLIENT_SECRET_FILE=/var/run/secrets/oidc/client-secret``.
 """
 
 from __future__ import annotations
 
 import copy
+import enum
 import os
 import re
 import secrets
+import types
 import typing
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePath
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
-from sidecar.config import FAILED_KEYS, Settings
+from sidecar.config import FAILED_KEYS, AsWritten, Settings
 from sidecar.errors import ConfigError
 
 ENV_PREFIX = "AUTHSIDECAR_"
 SECRET_ENV = ENV_PREFIX + "COOKIES__SECRET"
 FILE_SUFFIX = "_file"
-_VERBATIM = frozenset({"client_id", "client_secret", "secret", "revoke_token", "password", "username",
-                       "key_prefix"})
+# YAML's words for null: they unset an optional text key from the environment as in the file.
+NULL_WORDS = frozenset({"null", "Null", "NULL", "~"})
 # Valid stand-ins for required keys whose own value failed, so the cross-key rules that do not read
 # them can still run in the same round (the rules that read them are skipped).
 STAND_INS: dict[str, Any] = {
@@ -59,15 +63,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
         if not all(path):
             raise ConfigError([f"{name}: empty key segment (use __ between levels)"])
-        if path[-1] in _VERBATIM:
-            # Ids and secrets are taken as written: read as YAML, "12345" would be a number, a
-            # secret starting with "#" or "&" would be null and "abc #def" would lose " #def".
-            value: Any = raw
-        else:
-            try:
-                value = yaml.safe_load(raw) if raw.strip() else ""
-            except yaml.YAMLError:
-                value = raw
+        value = _env_value(path, raw)
         node = tree
         for key in path[:-1]:
             child = node.setdefault(key, {})
@@ -76,6 +72,80 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             node = child
         node[path[-1]] = value
     return tree
+
+
+def _env_value(path: Sequence[str], raw: str) -> Any:
+    """What ``raw`` means for the key at ``path``: the schema's type of that key decides.
+
+    A text key (str, SecretStr, a path, a Literal or Enum of words, a union of those) takes the
+    value as written, surrounding whitespace dropped as in the file: read as YAML, ``12345`` would be
+    a number, ``yes`` a boolean, ``#abc`` null, ``abc #def`` would lose `` #def`` and ``[x]`` would
+    be a list. An optional one is unset by a word of :data:`NULL_WORDS`, unless it is a secret or
+    marked :class:`~sidecar.config.AsWritten` (then the word is its value). An ``X_file`` key takes a
+    path, as written. Any other key, or one the schema does not have (validation then refuses it,
+    naming it), reads the value as YAML.
+    """
+    text = _text_key(path)
+    if text is None:
+        try:
+            return yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            return raw
+    optional, any_text = text
+    if optional and not any_text and raw.strip() in NULL_WORDS:
+        return None
+    return raw.strip()
+
+
+def _text_key(path: Sequence[str]) -> tuple[bool, bool] | None:
+    """For a text key at ``path``: (optional, takes any text); None for any other key."""
+    annotation: Any = Settings
+    field: FieldInfo | None = None
+    for depth, key in enumerate(path):
+        members, _ = _members(annotation)
+        inner = members[0] if len(members) == 1 else None
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            field = _field(inner, key)
+            if field is None:
+                base = key.removesuffix(FILE_SUFFIX)
+                is_file_key = base != key and depth == len(path) - 1 and _field(inner, base) is not None
+                return (False, True) if is_file_key else None
+            annotation = field.annotation
+        elif typing.get_origin(inner) in (dict, Mapping) and len(typing.get_args(inner)) == 2:
+            field, annotation = None, typing.get_args(inner)[1]  # a mapping's values (e.g. claims)
+        else:
+            return None
+    members, optional = _members(annotation)
+    if not all(_is_text(m) for m in members):
+        return None
+    marked = field is not None and any(isinstance(m, AsWritten) for m in field.metadata)
+    return optional, marked or SecretStr in members
+
+
+def _field(model: type[BaseModel], key: str) -> FieldInfo | None:
+    return next((f for name, f in model.model_fields.items() if key in (name, f.alias)), None)
+
+
+def _members(annotation: Any) -> tuple[tuple[Any, ...], bool]:
+    """The types a key takes (the members of a union, Annotated unwrapped), and whether None is one."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        inner = tuple(_members(a)[0][0] for a in args if a is not type(None))
+        return inner, type(None) in args
+    return (annotation,), False
+
+
+def _is_text(annotation: Any) -> bool:
+    """str (and its subclasses: str Enums), SecretStr, paths, and Literals or Enums of strings."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return all(isinstance(a, str) for a in typing.get_args(annotation))
+    if not isinstance(annotation, type):
+        return False
+    if issubclass(annotation, enum.Enum):
+        return all(isinstance(m.value, str) for m in annotation)
+    return issubclass(annotation, (str, SecretStr, PurePath))
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The loader (sidecar.config_load): *_file keys, every problem in one round, runtime defaults."""
+"""The loader (sidecar.config_load): environment overrides, *_file keys, every problem in one round,
+runtime defaults."""
 
 from __future__ import annotations
 
@@ -112,6 +113,130 @@ def test_redis_credentials_and_prefix_from_the_environment_are_taken_as_written(
     assert redis is not None
     value = getattr(redis, name.rsplit("__", 1)[1].lower())
     assert (value.get_secret_value() if hasattr(value, "get_secret_value") else value) == raw
+
+
+# -- environment overrides: the schema's type of the key says what the value means ---------------------
+
+AUDIENCE = "AUTHSIDECAR_OIDC__ACCESS_TOKEN_AUDIENCE"  # an optional text key, no check of its own
+CLIENT_ID = "AUTHSIDECAR_OIDC__CLIENT_ID"  # a required text key
+
+
+def audience(settings: Settings) -> Any:
+    return settings.oidc.access_token_audience
+
+
+def client_id(settings: Settings) -> Any:
+    return settings.oidc.client_id
+
+
+def client_secret(settings: Settings) -> Any:
+    secret = settings.oidc.client_secret
+    return secret.get_secret_value() if secret is not None else None
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "read", "expected"),
+    [
+        pytest.param(AUDIENCE, "12345", audience, "12345", id="digits-stay-a-string"),
+        pytest.param(AUDIENCE, "yes", audience, "yes", id="yes-stays-a-string"),
+        pytest.param(AUDIENCE, "#abc", audience, "#abc", id="leading-hash-is-not-a-comment"),
+        pytest.param(AUDIENCE, "abc #def", audience, "abc #def", id="inner-hash-is-kept"),
+        pytest.param(AUDIENCE, "[x]", audience, "[x]", id="brackets-are-not-a-list"),
+        pytest.param(AUDIENCE, "{a: b}", audience, "{a: b}", id="braces-are-not-a-mapping"),
+        pytest.param(AUDIENCE, '"quoted"', audience, '"quoted"', id="quotes-are-kept"),
+        pytest.param(AUDIENCE, "  spaced out  ", audience, "spaced out", id="surrounding-spaces-dropped"),
+        pytest.param(AUDIENCE, "null", audience, None, id="null-unsets-an-optional-key"),
+        pytest.param(AUDIENCE, "~", audience, None, id="tilde-unsets-an-optional-key"),
+        pytest.param(AUDIENCE, " NULL ", audience, None, id="null-any-yaml-spelling-unsets-an-optional-key"),
+        pytest.param(AUDIENCE, "nullable", audience, "nullable", id="a-word-starting-with-null-is-a-value"),
+        pytest.param(CLIENT_ID, "null", client_id, "null", id="null-is-the-value-of-a-required-key"),
+        pytest.param(CLIENT_ID, "~", client_id, "~", id="tilde-is-the-value-of-a-required-key"),
+        pytest.param(CLIENT_ID, "12345", client_id, "12345", id="client-id-digits"),
+        pytest.param("AUTHSIDECAR_OIDC__CLIENT_SECRET", "null", client_secret, "null",
+                     id="null-is-the-value-of-a-secret"),
+        pytest.param("AUTHSIDECAR_COOKIES__SAME_SITE", " strict ", lambda s: s.cookies.same_site, "strict",
+                     id="a-choice-of-words-with-spaces"),
+        pytest.param("AUTHSIDECAR_IDENTITY_HEADERS__CLAIMS__DEPT", "12345",
+                     lambda s: s.identity_headers.claims, {"dept": "12345"}, id="a-mapping-value-of-text"),
+        pytest.param("AUTHSIDECAR_LISTEN__TLS_CERT", "~", lambda s: s.listen.tls_cert, None,
+                     id="tilde-unsets-an-optional-path"),
+    ],
+)
+def test_a_text_key_from_the_environment_takes_the_value_as_written(
+    name: str, raw: str, read: Any, expected: Any
+) -> None:
+    assert read(parse_settings(BASE, {name: raw})) == expected
+
+
+@pytest.mark.parametrize(
+    ("environ", "read", "expected"),
+    [
+        pytest.param({"AUTHSIDECAR_WORKERS": "2"}, lambda s: s.workers, 2, id="int"),
+        pytest.param({"AUTHSIDECAR_WORKERS": "3  # one per core"}, lambda s: s.workers, 3,
+                     id="int-with-a-yaml-comment"),
+        pytest.param({"AUTHSIDECAR_UPSTREAM__READ_TIMEOUT": "12.5"}, lambda s: s.upstream.read_timeout, 12.5,
+                     id="float"),
+        pytest.param({"AUTHSIDECAR_LOGGING__ACCESS_LOG": "no"}, lambda s: s.logging.access_log, False,
+                     id="bool-yaml-word"),
+        pytest.param({"AUTHSIDECAR_TOKENS__ACCEPT_BEARER": "false"}, lambda s: s.tokens.accept_bearer, False,
+                     id="bool"),
+        pytest.param({"AUTHSIDECAR_CORS__ALLOWED_ORIGINS": "[https://spa.example.com, 'https://b.example.com']"},
+                     lambda s: s.cors.allowed_origins, ("https://spa.example.com", "https://b.example.com"),
+                     id="list-of-origins"),
+        pytest.param({"AUTHSIDECAR_IDENTITY_HEADERS__CLAIMS": "{dept: X-User-Dept}"},
+                     lambda s: s.identity_headers.claims, {"dept": "X-User-Dept"}, id="mapping"),
+        pytest.param({"AUTHSIDECAR_UPSTREAM": "null"}, lambda s: s.upstream, None,
+                     id="optional-section-null"),
+        pytest.param({"AUTHSIDECAR_LOGOUT": "{backchannel: true}"}, lambda s: s.logout.backchannel, True,
+                     id="section-as-a-flow-mapping"),
+    ],
+)
+def test_any_other_key_from_the_environment_is_read_as_yaml(
+    environ: dict[str, str], read: Any, expected: Any
+) -> None:
+    assert read(parse_settings(BASE, environ)) == expected
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        pytest.param({"AUTHSIDECAR_OIDC__SECRET": "abc"}, "oidc.secret: unknown key", id="unknown-key-named"),
+        pytest.param({"AUTHSIDECAR_LISTEN__PORT": "http"}, "listen.port: ", id="word-for-an-int"),
+        pytest.param({"AUTHSIDECAR_WORKERS": "[2]"}, "workers: ", id="list-for-an-int"),
+        pytest.param({"AUTHSIDECAR_UPSTREAM__URL": "null"}, "upstream.url: ", id="null-for-a-required-url"),
+        pytest.param({"AUTHSIDECAR_COOKIES__SAME_SITE": "null"}, "cookies.same_site: ",
+                     id="null-for-a-choice"),
+        pytest.param({"AUTHSIDECAR_OIDC__CLIENT_ID__X": "a"}, "oidc.client_id: ",
+                     id="a-text-key-has-no-sub-keys"),
+    ],
+)
+def test_an_environment_value_the_key_cannot_take_is_refused_naming_the_key(
+    environ: dict[str, str], expected: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(BASE, environ)
+
+    assert len(caught.value.messages) == 1, caught.value.messages
+    assert caught.value.messages[0].startswith(expected)
+
+
+@pytest.mark.parametrize(
+    "contents",
+    [
+        pytest.param("12345", id="digits"),
+        pytest.param("#abc", id="leading-hash"),
+        pytest.param("abc #def", id="inner-hash"),
+        pytest.param("[x]", id="brackets"),
+        pytest.param("null", id="null"),
+    ],
+)
+def test_a_text_key_read_from_a_file_takes_the_contents_as_written(tmp_path: Path, contents: str) -> None:
+    secret = tmp_path / "client id #1"  # the path itself, from the environment, is taken as written
+    secret.write_text(contents + "\n", encoding="utf-8")
+
+    settings = parse_settings(BASE, {"AUTHSIDECAR_OIDC__CLIENT_ID_FILE": str(secret)})
+
+    assert settings.oidc.client_id == contents
 
 
 def test_an_unreadable_file_is_one_line_and_its_key_is_not_also_reported_missing() -> None:
