@@ -53,8 +53,11 @@ async def keep_watching(ping: Callable[[], Awaitable[None]], watch: StoreWatch, 
                         interval: float = 2.0, max_backoff: float = 30.0) -> None:
     """Ping the store now and then: readiness at start, and the recovery line after an outage.
 
-    While it does not answer the pings back off (interval doubling up to ``max_backoff``); the
-    requests in between find out for themselves and fall back, so nothing waits on this loop.
+    While a store that has answered before does not answer, the pings back off (interval doubling
+    up to ``max_backoff``); the requests in between find out for themselves and fall back, so
+    nothing waits on this loop. Until the store has answered once they keep to ``interval``:
+    readiness waits on them, and a store that was late at start must not keep a replica out of
+    service for the length of a backoff.
     """
     delay = interval
     while True:
@@ -62,7 +65,7 @@ async def keep_watching(ping: Callable[[], Awaitable[None]], watch: StoreWatch, 
             await ping()
         except StoreUnavailable as exc:
             watch.failed(exc.reason, exc.kind)
-            delay = min(delay * 2, max_backoff)
+            delay = min(delay * 2, max_backoff) if watch.answered_once else interval
         else:
             watch.answered()
             delay = interval
