@@ -31,11 +31,11 @@ class LeaseLog(MemoryStore):
         self.leased: list[str] = []
         self.asked_twice = asyncio.Event()
 
-    async def lease(self, key: str, ttl: float) -> Lease | None:
+    async def lease(self, key: str, ttl: float, fence: bytes | None = None) -> Lease | None:
         self.leased.append(key)
         if len(self.leased) >= 2:
             self.asked_twice.set()
-        return await super().lease(key, ttl)
+        return await super().lease(key, ttl, fence)
 
 
 class Provider:
