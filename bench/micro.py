@@ -30,8 +30,9 @@ from sidecar.config import OidcSettings
 from sidecar.dev.provider import DevProvider, ProviderConfig, start_provider
 from sidecar.dev.users import DevUser
 from sidecar.observability import Metrics
+from sidecar.oidc.claims import TokenPolicy
 from sidecar.oidc.jwks import JwksCache
-from sidecar.oidc.tokens import TokenPolicy, TokenValidator
+from sidecar.oidc.tokens import TokenValidator
 
 CLIENT_ID = "authsidecar-dev"
 

@@ -22,7 +22,8 @@ from sidecar.auth import cookies as ck
 from sidecar.auth.return_to import ReturnToPolicy, origin_of
 from sidecar.errors import AmbiguousPath, TokenRejected
 from sidecar.oidc import shape
-from sidecar.oidc.tokens import TokenPolicy, _check_segments, _header, _payload
+from sidecar.oidc.claims import TokenPolicy
+from sidecar.oidc.tokens import _check_segments, _header, _payload
 from sidecar.proxy.rules import check_path, rule_path
 
 # Any text, with lone surrogates (what surrogateescape makes of bytes that are not UTF-8).

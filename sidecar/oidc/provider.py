@@ -22,10 +22,11 @@ from sidecar.config import OidcSettings
 from sidecar.errors import ProviderError
 from sidecar.identity import Clock
 from sidecar.observability import Logger, Metrics
+from sidecar.oidc.claims import TokenPolicy
 from sidecar.oidc.client import OidcClient
 from sidecar.oidc.discovery import ProviderMetadata, discover
 from sidecar.oidc.jwks import JwksCache
-from sidecar.oidc.tokens import TokenPolicy, TokenValidator
+from sidecar.oidc.tokens import TokenValidator
 
 
 @dataclass(frozen=True, slots=True)

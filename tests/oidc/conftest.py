@@ -18,8 +18,9 @@ from jwcrypto.jws import JWS
 from prometheus_client import CollectorRegistry
 
 from sidecar.observability import Metrics
+from sidecar.oidc.claims import TokenPolicy
 from sidecar.oidc.jwks import JwksCache
-from sidecar.oidc.tokens import TokenPolicy, TokenValidator
+from sidecar.oidc.tokens import TokenValidator
 from tests.conftest import START, FakeClock
 
 ISSUER = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Test1234"

@@ -18,8 +18,9 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.errors import TokenRejected
 from sidecar.observability import Metrics
+from sidecar.oidc.claims import TokenPolicy
 from sidecar.oidc.jwks import JwksCache
-from sidecar.oidc.tokens import FORGED_CACHE_SIZE, TokenPolicy, TokenValidator
+from sidecar.oidc.tokens import FORGED_CACHE_SIZE, TokenValidator
 from tests.conftest import FakeClock
 
 from .conftest import NOW, FakeJwks, access_claims, id_claims, mint

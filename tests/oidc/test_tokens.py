@@ -20,14 +20,9 @@ from sidecar.config import OidcSettings
 from sidecar.errors import TokenRejected
 from sidecar.identity import Identity
 from sidecar.observability import Metrics
+from sidecar.oidc.claims import TokenPolicy, check_claims, identity_from_claims
 from sidecar.oidc.jwks import JwksCache
-from sidecar.oidc.tokens import (
-    MAX_TOKEN_LENGTH,
-    TokenPolicy,
-    TokenValidator,
-    check_claims,
-    identity_from_claims,
-)
+from sidecar.oidc.tokens import MAX_TOKEN_LENGTH, TokenValidator
 from tests.conftest import FakeClock
 
 from .conftest import (
