@@ -8,6 +8,7 @@ login button, and calls ``/api/...`` through the sidecar, where the echo app ans
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import secrets
 import signal
 import sys
@@ -75,6 +76,9 @@ def dev_settings(*, issuer: str, upstream_url: str, host: str, port: int, admin_
         "cookies": {"secure": False, "secret": secrets.token_urlsafe(48)},
         "logging": {"format": "console"},
         "me_alias": "/me",
+        # The dev provider posts a logout token here when its sign-in session ends (dev_stack
+        # registers the URL): the demo shows back-channel logout, as with Keycloak or Okta.
+        "logout": {"backchannel": True},
     }
     for key, value in (overrides or {}).items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
@@ -82,6 +86,14 @@ def dev_settings(*, issuer: str, upstream_url: str, host: str, port: int, admin_
         else:
             data[key] = value
     return parse_settings(data)
+
+
+def _reachable(host: str) -> str:
+    """An address a local client reaches a listener on ``host`` at (loopback for the wildcard)."""
+    try:
+        return "127.0.0.1" if not host or ipaddress.ip_address(host).is_unspecified else host
+    except ValueError:  # a host name
+        return host
 
 
 @asynccontextmanager
@@ -93,9 +105,12 @@ async def dev_stack(*, host: str = "127.0.0.1", port: int = 8080, admin_port: in
     ``spa``: the demo SPA on ``/`` and ``/static/*`` of the demo app, public at the sidecar.
     """
     hosts = sorted({public_host, "localhost", "127.0.0.1"})
+    # Server to server: the provider reaches the sidecar on loopback whatever address it listens on.
+    reach = _reachable(host)
     config = provider_config or ProviderConfig(
         redirect_uris=tuple(f"http://{h}:{port}/auth/callback" for h in hosts),
         logout_uris=tuple(f"http://{h}:{port}/" for h in hosts),
+        backchannel_logout_uris=(f"http://{reach}:{port}/auth/backchannel-logout",),
     )
     upstream_app = create_upstream_app()
     overrides = dict(overrides or {})

@@ -63,3 +63,5 @@ async def test_the_dev_demo_logs_in_calls_the_api_and_logs_out(page: Page, conte
         await page.wait_for_url(home)
         await expect(page.locator("#status")).to_have_attribute("data-state", "signed-out")
         assert "access_token" not in await jar(context)
+        # The provider's sign-in session ended too, and it told the sidecar (back-channel logout).
+        assert stack.provider.backchannel_statuses == [200]
