@@ -76,9 +76,6 @@ def dev_settings(*, issuer: str, upstream_url: str, host: str, port: int, admin_
         "cookies": {"secure": False, "secret": secrets.token_urlsafe(48)},
         "logging": {"format": "console"},
         "me_alias": "/me",
-        # The dev provider posts a logout token here when its sign-in session ends (dev_stack
-        # registers the URL): the demo shows back-channel logout, as with Keycloak or Okta.
-        "logout": {"backchannel": True},
     }
     for key, value in (overrides or {}).items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
@@ -114,6 +111,9 @@ async def dev_stack(*, host: str = "127.0.0.1", port: int = 8080, admin_port: in
     )
     upstream_app = create_upstream_app()
     overrides = dict(overrides or {})
+    # The provider posts a logout token to the sidecar when its sign-in session ends (registered
+    # above): the demo shows back-channel logout, as Keycloak or Okta would send it.
+    overrides["logout"] = {"backchannel": True, **overrides.get("logout", {})}
     if spa:
         # Runs before the echo app's catch-all route; requests for other paths fall through to it.
         upstream_app.middlewares.append(spa_middleware())
