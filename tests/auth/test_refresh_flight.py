@@ -12,7 +12,7 @@ import asyncio
 import io
 import itertools
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,14 +57,16 @@ class Provider:
 class Replica:
     """One process's flight, watch and metrics on the shared Redis."""
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str, prefix: str, wrap: Callable[[RedisStore], Any] | None = None) -> None:
+        """``wrap``: what the flight sees instead of the store itself (a fault on top of it)."""
         self.registry = CollectorRegistry()
         metrics = Metrics(self.registry)
         self.log = io.StringIO()
         self.store = RedisStore(RedisSettings(url=url, key_prefix=prefix, connect_timeout=TIMEOUT,
                                               command_timeout=TIMEOUT))
+        self.shared = wrap(self.store) if wrap is not None else self.store
         self.watch = StoreWatch("redis", "127.0.0.1", metrics, make_logger(stream=self.log))
-        self.flight = RefreshFlight(FakeClock(), self.store, Sealer(b"s" * 32), watch=self.watch,
+        self.flight = RefreshFlight(FakeClock(), self.shared, Sealer(b"s" * 32), watch=self.watch,
                                     coordination=metrics.refresh_coordination, wait=5.0,
                                     patience=3 * TIMEOUT)
 
@@ -190,24 +192,18 @@ class LostLeaseAnswer:
 
 
 async def test_a_lease_whose_answer_was_lost_is_taken_back_not_waited_out(own_redis: RedisServer) -> None:
-    replica = Replica(own_redis.url, f"flight{next(_prefixes)}:")
-    store = LostLeaseAnswer(replica.store)
-    metrics = Metrics(CollectorRegistry())
-    flight = RefreshFlight(FakeClock(), store, Sealer(b"s" * 32), watch=replica.watch,  # type: ignore[arg-type]
-                           coordination=metrics.refresh_coordination, wait=5.0, lease_ttl=3.0,
-                           patience=3 * TIMEOUT)
+    replica = Replica(own_redis.url, f"flight{next(_prefixes)}:", wrap=LostLeaseAnswer)
     provider = Provider()
     provider.release.set()
     loop = asyncio.get_running_loop()
     try:
         started = loop.time()
-        tokens = await flight.run(RT0, provider.refresh)
+        tokens = await replica.flight.run(RT0, provider.refresh)
         took = loop.time() - started
     finally:
-        await flight.close()
         await replica.close()
 
-    assert store.lost == 1
+    assert replica.shared.lost == 1
     assert tokens.access_token == "at-1"
     assert provider.calls == 1
     # Recognised by its fence on the next attempt, not waited out for the lease's 3 s.
