@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,7 @@ from jwcrypto.jwk import JWK
 from jwcrypto.jws import JWS
 from prometheus_client import CollectorRegistry
 
+from sidecar.errors import TokenRejected
 from sidecar.observability import Metrics
 from sidecar.oidc.claims import TokenPolicy
 from sidecar.oidc.jwks import JwksCache
@@ -123,6 +124,13 @@ def rsa_b() -> JWK:
 @pytest.fixture(scope="session")
 def ec_key() -> JWK:
     return _generate("key-ec", kty="EC", crv="P-256")
+
+
+async def reason_of(pending: Awaitable[object]) -> str:
+    """The fixed reason ``pending`` is refused with (it must be refused)."""
+    with pytest.raises(TokenRejected) as caught:
+        await pending
+    return caught.value.reason
 
 
 def b64json(value: Any) -> str:

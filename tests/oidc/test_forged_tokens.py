@@ -16,20 +16,13 @@ from jwcrypto.common import base64url_encode
 from jwcrypto.jwk import JWK
 from prometheus_client import CollectorRegistry
 
-from sidecar.errors import TokenRejected
 from sidecar.observability import Metrics
 from sidecar.oidc.claims import TokenPolicy
 from sidecar.oidc.jwks import JwksCache
 from sidecar.oidc.tokens import FORGED_CACHE_SIZE, TokenValidator
 from tests.conftest import FakeClock
 
-from .conftest import NOW, FakeJwks, access_claims, id_claims, mint
-
-
-async def reason_of(pending: Awaitable[object]) -> str:
-    with pytest.raises(TokenRejected) as caught:
-        await pending
-    return caught.value.reason
+from .conftest import NOW, FakeJwks, access_claims, id_claims, mint, reason_of
 
 
 def verifications(registry: CollectorRegistry) -> float:

@@ -11,22 +11,14 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
-from collections.abc import Awaitable
 
 import pytest
 from jwcrypto.common import base64url_encode
 from jwcrypto.jwk import JWK
 
-from sidecar.errors import TokenRejected
 from sidecar.oidc.tokens import TokenValidator
 
-from .conftest import access_claims, b64json, mint
-
-
-async def reason_of(pending: Awaitable[object]) -> str:
-    with pytest.raises(TokenRejected) as caught:
-        await pending
-    return caught.value.reason
+from .conftest import access_claims, b64json, mint, reason_of
 
 
 async def test_a_verified_token_is_stored_under_its_own_digest_not_the_last_miss(

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import hmac
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from .conftest import (
     b64json,
     id_claims,
     mint,
+    reason_of,
 )
 
 GENERIC_ISSUER = "https://idp.example.com/realms/main"
@@ -58,12 +59,6 @@ def oidc_access(**overrides: Any) -> dict[str, Any]:
 
 def oidc_id(**overrides: Any) -> dict[str, Any]:
     return id_claims(**{"iss": GENERIC_ISSUER, "token_use": None, **overrides})
-
-
-async def reason_of(pending: Awaitable[object]) -> str:
-    with pytest.raises(TokenRejected) as caught:
-        await pending
-    return caught.value.reason
 
 
 def verifications(registry: CollectorRegistry) -> float:
