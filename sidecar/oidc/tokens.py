@@ -137,8 +137,8 @@ class TokenValidator:
     def cached(self, token: str) -> Identity | None:
         """The Identity of an access token verified earlier and still valid, else ``None``."""
         identity = None
-        if shape.jws_compact(token):
-            digest = self._digest(_ACCESS, token)
+        digest = self._digest_if_compact(_ACCESS, token)
+        if digest is not None:
             identity = self._lookup(digest)
             if identity is None:
                 # verify_access(token) follows a miss: it takes this digest instead of hashing the
