@@ -24,7 +24,7 @@ from sidecar.config_load import load_settings
 from sidecar.dev.provider import DevProvider, ProviderConfig, start_provider
 from sidecar.dev.upstream import create_upstream_app
 from tests.conftest import FakeClock
-from tests.flows.conftest import wait_ready
+from tests.flows.serving import read_until, serving
 
 PREFIX = "authsidecar: config error: "
 COOKIE_SECRET = "cookie-secret-0123456789-abcdefghijklmnop"
@@ -514,17 +514,6 @@ def serve_config(provider: DevProvider, port: int, **extra: Any) -> dict[str, An
     }
 
 
-async def read_until(stream: asyncio.StreamReader, event: str, seen: list[str]) -> None:
-    """Read log lines until one with ``event``; every line read is kept in ``seen``."""
-    while True:
-        line = (await stream.readline()).decode()
-        if not line:
-            raise AssertionError(f"the process ended before logging {event!r}: {seen}")
-        seen.append(line)
-        if f'"event": "{event}"' in line:
-            return
-
-
 async def test_serve_starts_proxies_and_exits_0_on_sigterm(
     tmp_path: Path, dev_provider: DevProvider, echo_upstream: str
 ) -> None:
@@ -538,16 +527,7 @@ async def test_serve_starts_proxies_and_exits_0_on_sigterm(
         AUTHSIDECAR_ADMIN__HOST="127.0.0.1", AUTHSIDECAR_ADMIN__PORT=str(admin_port),
         AUTHSIDECAR_UPSTREAM__URL=echo_upstream, AUTHSIDECAR_COOKIES__SECRET_FILE=str(cookie_secret),
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sidecar", "serve", "--config", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-    )
-    seen: list[str] = []
-    try:
-        assert proc.stdout is not None
-        await asyncio.wait_for(read_until(proc.stdout, "listening", seen), timeout=20)
-        await wait_ready(f"http://127.0.0.1:{admin_port}")
-
+    async with serving(path, env, admin_port=admin_port, timeout=20) as (proc, seen):
         token = dev_provider.mint_access_token("alice")
         async with aiohttp.ClientSession() as session:
             async with session.get(f"http://127.0.0.1:{port}/api",
@@ -559,10 +539,6 @@ async def test_serve_starts_proxies_and_exits_0_on_sigterm(
 
         os.kill(proc.pid, signal.SIGTERM)
         out, err = await asyncio.wait_for(proc.communicate(), timeout=20)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
     assert proc.returncode == 0
     events = [json.loads(line)["event"] for line in [*seen, *out.decode().splitlines()] if line.strip()]
@@ -613,15 +589,8 @@ async def test_serve_lets_an_in_flight_request_finish_after_sigterm(
         upstream={"url": held_app.url},
         cookies={"secure": False, "secret": COOKIE_SECRET},
     ))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sidecar", "serve", "--config", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=clean_env(),
-    )
-    seen: list[str] = []
-    try:
+    async with serving(path, clean_env(), admin_port=admin_port, timeout=20) as (proc, seen):
         assert proc.stdout is not None
-        await asyncio.wait_for(read_until(proc.stdout, "listening", seen), timeout=20)
-        await wait_ready(f"http://127.0.0.1:{admin_port}")
         async with aiohttp.ClientSession() as session:
 
             async def in_flight() -> tuple[int, str]:
@@ -641,9 +610,5 @@ async def test_serve_lets_an_in_flight_request_finish_after_sigterm(
             held_app.release.set()
             assert await asyncio.wait_for(request, timeout=10) == (200, "finished")
         await asyncio.wait_for(proc.wait(), timeout=20)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
     assert proc.returncode == 0

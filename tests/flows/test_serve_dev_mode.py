@@ -4,11 +4,9 @@ secret for the run (never an empty one), shared by every worker of ``serve --wor
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,15 +18,14 @@ from yarl import URL
 
 from sidecar.dev.provider import DevProvider, ProviderConfig, start_provider
 from tests.conftest import FakeClock
-from tests.flows.conftest import PASSWORDS, read_form, wait_ready
+from tests.flows.conftest import PASSWORDS, read_form
+from tests.flows.serving import serving
 from tests.flows.test_core_config_cli import (
     clean_env,
     echo_upstream,  # noqa: F401 - fixture
-    read_until,
     serve_config,
     write,
 )
-from tests.flows.test_workers import children
 
 LOGINS = 8
 
@@ -89,21 +86,6 @@ def events(lines: list[str]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
-async def end(proc: asyncio.subprocess.Process) -> None:
-    """After a failure: SIGTERM (the supervisor passes it on), SIGKILL for whatever is left."""
-    if proc.returncode is not None:
-        return
-    workers = children(proc.pid)
-    proc.terminate()
-    try:
-        await asyncio.wait_for(proc.wait(), timeout=20)
-    except TimeoutError:
-        for pid in [*workers, proc.pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        await proc.wait()
-
-
 async def stop(proc: asyncio.subprocess.Process) -> tuple[list[str], str]:
     os.kill(proc.pid, signal.SIGTERM)
     out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
@@ -115,19 +97,10 @@ async def test_serve_in_dev_mode_warns_once_and_runs_logins_on_a_generated_secre
 ) -> None:
     port, admin_port = ports
     path = write(tmp_path, serve_config(provider, port, cookies={"secure": False}, public_paths=["/static/"]))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sidecar", "serve", "--config", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=start_env(ports, echo_upstream),
-    )
-    seen: list[str] = []
-    try:
-        assert proc.stdout is not None
-        await asyncio.wait_for(read_until(proc.stdout, "listening", seen), timeout=20)
-        await wait_ready(f"http://127.0.0.1:{admin_port}")
+    env = start_env(ports, echo_upstream)
+    async with serving(path, env, admin_port=admin_port, timeout=20) as (proc, seen):
         await login_and_post(f"http://127.0.0.1:{port}")
         rest, err = await stop(proc)
-    finally:
-        await end(proc)
 
     assert proc.returncode == 0, err
     logged = events([*seen, *rest])
@@ -152,17 +125,8 @@ async def test_a_configured_secret_is_used_as_is_and_nothing_is_generated(
     port, _admin_port = ports
     secret = "configured-secret-0123456789-abcdefghijklmnop"
     path = write(tmp_path, serve_config(provider, port, cookies={"secure": False, "secret": secret}))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sidecar", "serve", "--config", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=start_env(ports, echo_upstream),
-    )
-    seen: list[str] = []
-    try:
-        assert proc.stdout is not None
-        await asyncio.wait_for(read_until(proc.stdout, "listening", seen), timeout=20)
+    async with serving(path, start_env(ports, echo_upstream), timeout=20) as (proc, seen):
         rest, err = await stop(proc)
-    finally:
-        await end(proc)
 
     names = [e["event"] for e in events([*seen, *rest])]
     assert names.count("dev_mode_enabled") == 1
@@ -178,24 +142,13 @@ async def test_workers_share_the_one_generated_secret_so_logins_and_csrf_work_ac
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     env = start_env(ports, echo_upstream, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sidecar", "serve", "--config", str(path), "--workers", "2",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-    )
-    seen: list[str] = []
-    try:
-        assert proc.stdout is not None
-        for _ in range(2):
-            await asyncio.wait_for(read_until(proc.stdout, "listening", seen), timeout=30)
-        await wait_ready(f"http://127.0.0.1:{admin_port}")
+    async with serving(path, env, workers=2, admin_port=admin_port) as (proc, seen):
         # Every request on a new connection: the kernel spreads them over both workers, so most
         # logins begin on one worker and end on the other (with a secret per worker, about half
         # the callbacks and CSRF checks would fail).
         for _ in range(LOGINS):
             await login_and_post(f"http://127.0.0.1:{port}")
         rest, err = await stop(proc)
-    finally:
-        await end(proc)
 
     assert proc.returncode == 0, err
     names = [e["event"] for e in events([*seen, *rest])]

@@ -13,23 +13,17 @@ import aiohttp
 from aiohttp.test_utils import unused_port
 
 from sidecar.dev.provider import DevProvider
-from tests.flows.conftest import wait_ready
+from tests.flows.serving import children, serving
 from tests.flows.test_core_config_cli import (
     COOKIE_SECRET,
     clean_env,
     dev_provider,  # noqa: F401 - fixture
     echo_upstream,  # noqa: F401 - fixture
-    read_until,
     serve_config,
     write,
 )
 
 REQUESTS = 40
-
-
-def children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
-        return [int(p) for p in f.read().split()]
 
 
 def proxied_200s(metrics: str) -> float:
@@ -55,16 +49,7 @@ async def test_two_workers_share_the_port_and_one_scrape_sums_them(
         AUTHSIDECAR_UPSTREAM__URL=echo_upstream, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
         AUTHSIDECAR_LOGGING__LEVEL="info",
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sidecar", "serve", "--config", str(path), "--workers", "2",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-    )
-    seen: list[str] = []
-    try:
-        assert proc.stdout is not None
-        for _ in range(2):
-            await asyncio.wait_for(read_until(proc.stdout, "listening", seen), timeout=30)
-        await wait_ready(f"http://127.0.0.1:{admin_port}")
+    async with serving(path, env, workers=2, admin_port=admin_port) as (proc, _seen):
         workers = children(proc.pid)
         assert len(workers) == 2
 
@@ -85,10 +70,6 @@ async def test_two_workers_share_the_port_and_one_scrape_sums_them(
 
         os.kill(proc.pid, signal.SIGTERM)
         _out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     assert proc.returncode == 0, err.decode()
     assert "Traceback" not in err.decode()
 
